@@ -1,0 +1,202 @@
+package mlproducer
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+
+	"github.com/mlproducer/mlproducer/transport"
+)
+
+// supervise owns the connection: it connects in the background with
+// exponential backoff and full jitter, fails over across the configured URLs,
+// declares the topology on every new connection, and replaces a session that
+// died. amqp091-go's own recovery stays off, so delivery tags never restart
+// behind the Producer's back.
+func (p *Producer) supervise() {
+	defer p.wg.Done()
+	bo := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(p.cfg.reconnectInitial),
+		backoff.WithMaxInterval(p.cfg.reconnectMax),
+		backoff.WithRandomizationFactor(1), // full jitter: [0, 2×interval]
+		backoff.WithMultiplier(2),
+		backoff.WithMaxElapsedTime(0),
+	)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	next := 0 // index of the URL to try next
+	for {
+		select {
+		case <-p.stop:
+			return
+		default:
+		}
+		raw := p.cfg.urls[next%len(p.cfg.urls)]
+		if p.ever {
+			p.metrics.reconnects.Add(1)
+		}
+		s, err := p.connect(raw)
+		if err != nil {
+			p.noteError(raw, err)
+			next++
+			timer.Reset(bo.NextBackOff())
+			select {
+			case <-p.stop:
+				return
+			case <-timer.C:
+			}
+			continue
+		}
+		bo.Reset()
+		p.ever = true
+		next %= len(p.cfg.urls)
+		p.stmu.Lock()
+		p.url = s.url
+		p.lastErr = ""
+		p.stmu.Unlock()
+		p.sess.Store(s)
+		if s.blocked.Load() {
+			p.setState(Blocked)
+		} else {
+			p.setState(Connected)
+		}
+		p.log.Info("mlproducer: connected", slog.String("url", s.url), slog.Uint64("epoch", s.epoch))
+		p.wakeRetry()
+
+		stopping := false
+		select {
+		case <-s.died:
+			p.noteError(raw, s.dieErr)
+		case <-p.stop:
+			stopping = true
+		}
+		p.sess.Store(nil)
+		if !stopping {
+			p.setState(Reconnecting)
+		}
+		s.teardown()
+		if stopping {
+			return
+		}
+	}
+}
+
+func (p *Producer) noteError(raw string, err error) {
+	msg := redactErr(raw, err)
+	p.stmu.Lock()
+	p.lastErr = msg
+	p.stmu.Unlock()
+	p.log.Warn("mlproducer: connection failed", slog.String("url", redactURL(raw)), slog.String("error", msg))
+}
+
+// redactErr renders err with any trace of the URL's password removed.
+func redactErr(raw string, err error) string {
+	if err == nil {
+		return ""
+	}
+	return redactSecrets(err.Error(), raw)
+}
+
+// connect dials url, declares the topology and opens the publishing channel
+// in confirm mode.
+func (p *Producer) connect(raw string) (*session, error) {
+	p.epoch++
+	s := newSession(p, p.epoch, redactURL(raw))
+	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.connectionTimeout)
+	defer cancel()
+	// Close must not wait out a slow handshake.
+	go func() {
+		select {
+		case <-p.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	conn, err := p.dialer.Dial(ctx, raw, transport.Config{
+		Heartbeat:      p.cfg.heartbeat,
+		TLS:            p.cfg.tlsConfig,
+		ConnectionName: p.cfg.connectionName,
+		OnBlocked: func(blocked bool, reason string) {
+			s.blocked.Store(blocked)
+			if p.sess.Load() == s {
+				if blocked {
+					p.setState(Blocked)
+				} else {
+					p.setState(Connected)
+					p.wakeRetry()
+				}
+			}
+			p.log.Warn("mlproducer: broker flow control", slog.Bool("blocked", blocked), slog.String("reason", reason))
+		},
+		OnClosed: func(err error) {
+			if err == nil {
+				err = fmt.Errorf("mlproducer: connection closed")
+			}
+			s.fail(err)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", redactURL(raw), err)
+	}
+	s.conn = conn
+	fail := func(what string, err error) (*session, error) {
+		s.stopF()
+		conn.Close()
+		return nil, fmt.Errorf("%s on %s: %w", what, redactURL(raw), err)
+	}
+	if err := p.declare(conn); err != nil {
+		return fail("declare topology", err)
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return fail("open channel", err)
+	}
+	s.ch = ch
+	if err := ch.Confirm(transport.ChannelEvents{
+		Confirm: s.onConfirm,
+		Return:  s.onReturn,
+		Closed: func(err error) {
+			if err == nil {
+				err = fmt.Errorf("mlproducer: channel closed")
+			}
+			s.fail(err)
+		},
+	}); err != nil {
+		return fail("enable publisher confirms", err)
+	}
+	s.start()
+	return s, nil
+}
+
+// declare declares the exchange and one queue per task type on a channel of
+// its own, so a refused declaration never takes the publishing channel down.
+func (p *Producer) declare(conn transport.Conn) error {
+	t := p.cfg.topology
+	if t.NoDeclare {
+		return nil
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.ExchangeDeclare(t.Exchange, "direct", true, nil); err != nil {
+		return fmt.Errorf("exchange %q: %w", t.Exchange, err)
+	}
+	for _, typ := range taskTypes {
+		q := typ.RoutingKey()
+		if err := ch.QueueDeclare(q, true, transport.Table{"x-queue-type": string(t.QueueType)}); err != nil {
+			return fmt.Errorf("queue %q: %w", q, err)
+		}
+		if err := ch.QueueBind(q, q, t.Exchange); err != nil {
+			return fmt.Errorf("bind queue %q: %w", q, err)
+		}
+	}
+	return nil
+}
+
+var taskTypes = [...]TaskType{TaskSummarization, TaskTranscription, TaskEmbedding}

@@ -1,0 +1,62 @@
+package mlproducer
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors. Test for them with [errors.Is].
+var (
+	// ErrClosed is returned by a publish after [Producer.Close] has begun.
+	// The message was not taken.
+	ErrClosed = errors.New("mlproducer: producer closed")
+	// ErrCircuitOpen is returned while the circuit breaker is open: the broker
+	// failed too often and the Producer sheds load until the cooldown ends.
+	// The message was not taken; retry after the cooldown or fail the request.
+	ErrCircuitOpen = errors.New("mlproducer: circuit open")
+	// ErrRetryQueueFull is returned when the message would have to wait in the
+	// retry queue and the queue is at its count or byte capacity
+	// ([WithRetryQueueCapacity]). The message was not taken.
+	ErrRetryQueueFull = errors.New("mlproducer: retry queue full")
+	// ErrInvalidTask is wrapped by every [*InvalidTaskError]. The message was
+	// not taken.
+	ErrInvalidTask = errors.New("mlproducer: invalid task")
+	// ErrInvalidOption is wrapped by every [*OptionError].
+	ErrInvalidOption = errors.New("mlproducer: invalid option")
+)
+
+// InvalidTaskError says which field of a task was refused and why. It wraps
+// [ErrInvalidTask].
+type InvalidTaskError struct {
+	// Field is the field's name as it appears in the JSON body, for example
+	// "shareId" or "options.maxLength".
+	Field string
+	// Reason says what is wrong, in words a caller can show to its user.
+	Reason string
+}
+
+func (e *InvalidTaskError) Error() string {
+	return fmt.Sprintf("mlproducer: invalid task: %s: %s", e.Field, e.Reason)
+}
+
+// Unwrap returns [ErrInvalidTask].
+func (e *InvalidTaskError) Unwrap() error { return ErrInvalidTask }
+
+// OptionError names an option or environment variable whose value was
+// refused. It wraps [ErrInvalidOption].
+type OptionError struct {
+	// Name is the option (for example "WithMaxRetries") or the environment
+	// variable (for example "ML_MAX_MESSAGE_RETRIES").
+	Name string
+	// Value is the refused value as given, with any password redacted.
+	Value string
+	// Reason says what a valid value looks like.
+	Reason string
+}
+
+func (e *OptionError) Error() string {
+	return fmt.Sprintf("mlproducer: invalid option %s=%q: %s", e.Name, e.Value, e.Reason)
+}
+
+// Unwrap returns [ErrInvalidOption].
+func (e *OptionError) Unwrap() error { return ErrInvalidOption }

@@ -1,0 +1,382 @@
+package mlproducer
+
+import (
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mlproducer/mlproducer/transport"
+)
+
+// DefaultURL is the broker [New] connects to when no URL is given.
+const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
+
+// Option configures a [Producer]. Options are applied in order by [New], which
+// then validates the result as a whole.
+type Option func(*config)
+
+// QueueType is the kind of queue the Producer declares for each task type.
+type QueueType string
+
+const (
+	// QueueClassic declares classic durable queues (the default): right for a
+	// single broker.
+	QueueClassic QueueType = "classic"
+	// QueueQuorum declares quorum queues: replicated, the choice for a
+	// RabbitMQ cluster.
+	QueueQuorum QueueType = "quorum"
+)
+
+// Topology is what the Producer declares on every new connection: a durable
+// direct exchange and, for each task type, a durable queue named after the
+// routing key ("ml.summarization", "ml.transcription", "ml.embedding") bound
+// to it with that key.
+type Topology struct {
+	// Exchange is the exchange tasks are published to. Default "ml.tasks".
+	Exchange string
+	// QueueType is the type of the declared queues. Default [QueueClassic].
+	QueueType QueueType
+	// NoDeclare turns declaration off: the Producer then expects the exchange
+	// (and whatever queues consume from it) to exist already.
+	NoDeclare bool
+}
+
+// DeadLetter is a message the Producer accepted but could not get confirmed:
+// its retries ran out, or [Producer.Close] ended before it was confirmed.
+type DeadLetter struct {
+	// Message is the message as accepted, with its ID.
+	Message Message
+	// Attempts is how many times it was sent and refused (nacked, returned,
+	// or not confirmed in time).
+	Attempts int
+	// Err is the last error: why the last attempt failed, or [ErrClosed]
+	// wrapped with the reason for messages left at shutdown.
+	Err error
+}
+
+type config struct {
+	urls              []string
+	heartbeat         time.Duration
+	connectionTimeout time.Duration
+	confirmTimeout    time.Duration
+	maxRetries        int
+	retryCapCount     int
+	retryCapBytes     int
+	retryInitial      time.Duration
+	retryMax          time.Duration
+	reconnectInitial  time.Duration
+	reconnectMax      time.Duration
+	breakerThreshold  int
+	breakerCooldown   time.Duration
+	healthInterval    time.Duration
+	maxInFlight       int
+	topology          Topology
+	logger            *slog.Logger
+	tlsConfig         *tls.Config
+	dialer            transport.Dialer
+	deadLetter        func(DeadLetter)
+	appID             string
+	connectionName    string
+	limits            taskLimits
+}
+
+func defaultConfig() config {
+	return config{
+		urls:              []string{DefaultURL},
+		heartbeat:         10 * time.Second,
+		connectionTimeout: 10 * time.Second,
+		confirmTimeout:    5 * time.Second,
+		maxRetries:        3,
+		retryCapCount:     10000,
+		retryCapBytes:     64 << 20,
+		retryInitial:      200 * time.Millisecond,
+		retryMax:          10 * time.Second,
+		reconnectInitial:  100 * time.Millisecond,
+		reconnectMax:      10 * time.Second,
+		breakerThreshold:  10,
+		breakerCooldown:   30 * time.Second,
+		healthInterval:    30 * time.Second,
+		maxInFlight:       4096,
+		topology:          Topology{Exchange: "ml.tasks", QueueType: QueueClassic},
+		appID:             "mlproducer",
+		connectionName:    "mlproducer",
+		limits:            defaultTaskLimits(),
+	}
+}
+
+func optErr(name string, value any, reason string) error {
+	return &OptionError{Name: name, Value: fmt.Sprint(value), Reason: reason}
+}
+
+// validate checks the whole configuration; each error names the option.
+func (c *config) validate() error {
+	if len(c.urls) == 0 {
+		return optErr("WithURLs", "", "at least one amqp:// or amqps:// URL is required")
+	}
+	for _, u := range c.urls {
+		if err := checkURL(u); err != nil {
+			return optErr("WithURLs", redactURL(u), err.Error())
+		}
+	}
+	switch {
+	case c.heartbeat < 0:
+		return optErr("WithHeartbeat", c.heartbeat, "must be >= 0 (0 disables heartbeats)")
+	case c.connectionTimeout <= 0:
+		return optErr("WithConnectionTimeout", c.connectionTimeout, "must be > 0")
+	case c.confirmTimeout <= 0:
+		return optErr("WithConfirmTimeout", c.confirmTimeout, "must be > 0")
+	case c.maxRetries < 0:
+		return optErr("WithMaxRetries", c.maxRetries, "must be >= 0")
+	case c.retryCapCount <= 0:
+		return optErr("WithRetryQueueCapacity", c.retryCapCount, "message count must be > 0")
+	case c.retryCapBytes <= 0:
+		return optErr("WithRetryQueueCapacity", c.retryCapBytes, "byte size must be > 0")
+	case c.retryInitial <= 0 || c.retryMax < c.retryInitial:
+		return optErr("WithRetryBackoff", fmt.Sprintf("%v..%v", c.retryInitial, c.retryMax), "need 0 < initial <= max")
+	case c.reconnectInitial <= 0 || c.reconnectMax < c.reconnectInitial:
+		return optErr("WithReconnectBackoff", fmt.Sprintf("%v..%v", c.reconnectInitial, c.reconnectMax), "need 0 < initial <= max")
+	case c.breakerThreshold <= 0:
+		return optErr("WithCircuitBreaker", c.breakerThreshold, "threshold must be > 0")
+	case c.breakerCooldown <= 0:
+		return optErr("WithCircuitBreaker", c.breakerCooldown, "cooldown must be > 0")
+	case c.healthInterval < 0:
+		return optErr("WithHealthCheckInterval", c.healthInterval, "must be >= 0 (0 disables the health check)")
+	case c.maxInFlight <= 0:
+		return optErr("WithMaxInFlight", c.maxInFlight, "must be > 0")
+	case c.topology.Exchange == "" && !c.topology.NoDeclare:
+		return optErr("WithTopology", "", "Exchange must be set")
+	case c.topology.QueueType != QueueClassic && c.topology.QueueType != QueueQuorum:
+		return optErr("WithTopology", c.topology.QueueType, `QueueType must be "classic" or "quorum"`)
+	case c.limits.maxContent <= 0:
+		return optErr("WithMaxContentBytes", c.limits.maxContent, "must be > 0")
+	case len(c.limits.mediaSchemes) == 0:
+		return optErr("WithMediaURLSchemes", "", "at least one scheme is required")
+	case c.logger == nil:
+		return optErr("WithLogger", "nil", "pass a *slog.Logger")
+	}
+	return nil
+}
+
+func checkURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("not a URL")
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return fmt.Errorf("scheme must be amqp or amqps")
+	}
+	if u.Host == "" {
+		return fmt.Errorf("host is missing")
+	}
+	return nil
+}
+
+// redactURL returns raw with its password replaced by "xxxxx"; an unparsable
+// value is hidden whole, since it may still hold a secret.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "<unparsable URL>"
+	}
+	return u.Redacted()
+}
+
+// WithURLs sets the brokers to connect to, tried in order with failover: when
+// one cannot be reached the next is tried. List every node of a cluster here.
+// Default [DefaultURL]. Passwords in URLs are never logged or reported.
+func WithURLs(urls ...string) Option {
+	return func(c *config) { c.urls = append([]string(nil), urls...) }
+}
+
+// WithHeartbeat sets the AMQP heartbeat interval (env RABBITMQ_HEARTBEAT, in
+// seconds). Default 10 s; 0 disables heartbeats, and a dead TCP peer then
+// takes minutes to notice.
+func WithHeartbeat(d time.Duration) Option { return func(c *config) { c.heartbeat = d } }
+
+// WithConnectionTimeout bounds each connection attempt, TCP, TLS and AMQP
+// handshake included (env RABBITMQ_CONNECTION_TIMEOUT, in ms). Default 10 s.
+func WithConnectionTimeout(d time.Duration) Option {
+	return func(c *config) { c.connectionTimeout = d }
+}
+
+// WithConfirmTimeout sets how long a sent message waits for its publisher
+// confirm before the attempt counts as failed and the message goes to the
+// retry queue. It also bounds how long a publish call waits. Default 5 s.
+func WithConfirmTimeout(d time.Duration) Option { return func(c *config) { c.confirmTimeout = d } }
+
+// WithMaxRetries sets how many times a message is sent again after a failed
+// attempt (nack, return, confirm timeout) before it is dead-lettered (env
+// ML_MAX_MESSAGE_RETRIES). Default 3, so at most 4 attempts. Time spent
+// disconnected costs no attempt.
+func WithMaxRetries(n int) Option { return func(c *config) { c.maxRetries = n } }
+
+// WithRetryQueueCapacity bounds the retry queue by message count and by the
+// total size of the bodies. A new publish that would have to wait in a full
+// queue fails with [ErrRetryQueueFull]; messages already accepted always get
+// back in. Default 10000 messages and 64 MiB.
+func WithRetryQueueCapacity(messages, bytes int) Option {
+	return func(c *config) { c.retryCapCount, c.retryCapBytes = messages, bytes }
+}
+
+// WithRetryBackoff sets the exponential backoff between the attempts of one
+// message: it starts at initial, doubles with ±50% jitter, and is capped at
+// max. Default 200 ms to 10 s.
+func WithRetryBackoff(initial, max time.Duration) Option {
+	return func(c *config) { c.retryInitial, c.retryMax = initial, max }
+}
+
+// WithReconnectBackoff sets the exponential backoff with full jitter between
+// connection attempts. Default 100 ms to 10 s.
+func WithReconnectBackoff(initial, max time.Duration) Option {
+	return func(c *config) { c.reconnectInitial, c.reconnectMax = initial, max }
+}
+
+// WithCircuitBreaker sets the breaker's threshold of consecutive failures
+// (env ML_CIRCUIT_BREAKER_THRESHOLD) and how long it stays open (env
+// ML_CIRCUIT_BREAKER_COOLDOWN, in ms). Default 10 failures and 30 s.
+func WithCircuitBreaker(threshold int, cooldown time.Duration) Option {
+	return func(c *config) { c.breakerThreshold, c.breakerCooldown = threshold, cooldown }
+}
+
+// WithHealthCheckInterval sets how often the connection is checked with a
+// round trip to the broker. Default 30 s; 0 disables the check.
+func WithHealthCheckInterval(d time.Duration) Option {
+	return func(c *config) { c.healthInterval = d }
+}
+
+// WithMaxInFlight bounds the messages handed to a connection and not yet
+// confirmed; past it, new publishes wait in the retry queue. Default 4096.
+func WithMaxInFlight(n int) Option { return func(c *config) { c.maxInFlight = n } }
+
+// WithTopology changes what the Producer declares on each connection, or
+// turns declaration off. Default: exchange "ml.tasks", classic queues.
+func WithTopology(t Topology) Option {
+	return func(c *config) {
+		if t.QueueType == "" {
+			t.QueueType = QueueClassic
+		}
+		c.topology = t
+	}
+}
+
+// WithLogger sets the logger. Default: logs are discarded.
+func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithTLSConfig sets the TLS configuration for amqps URLs. Default: the
+// system roots, with the server certificate verified.
+func WithTLSConfig(t *tls.Config) Option { return func(c *config) { c.tlsConfig = t } }
+
+// WithDialer replaces the transport, for tests: pass an
+// [github.com/mlproducer/mlproducer/mlproducertest.Broker] to run a real
+// Producer against an in-memory fake broker. Default: amqp091-go.
+func WithDialer(d transport.Dialer) Option { return func(c *config) { c.dialer = d } }
+
+// WithDeadLetter sets the function that receives each message the Producer
+// gave up on. It is called from one goroutine at a time, must not block for
+// long, and must not call the Producer. Default: none (dead letters are still
+// logged and counted).
+func WithDeadLetter(f func(DeadLetter)) Option { return func(c *config) { c.deadLetter = f } }
+
+// WithMaxContentBytes bounds the content of summarization and embedding tasks
+// and so the body size. Default 1 MiB.
+func WithMaxContentBytes(n int) Option {
+	return func(c *config) {
+		c.limits.maxContent = n
+		c.limits.maxBody = n + 64<<10
+	}
+}
+
+// WithMediaURLSchemes sets the schemes a transcription's media URL may use.
+// Default https, http, s3, gs.
+func WithMediaURLSchemes(schemes ...string) Option {
+	return func(c *config) { c.limits.mediaSchemes = append([]string(nil), schemes...) }
+}
+
+// WithConnectionName sets the name the connection shows in the broker's
+// management UI. Default "mlproducer".
+func WithConnectionName(name string) Option { return func(c *config) { c.connectionName = name } }
+
+// OptionsFromEnv reads the environment variables of the service mlproducer
+// replaces and returns the matching options:
+//
+//	RABBITMQ_URL                  broker URL; a comma-separated list for failover
+//	RABBITMQ_HEARTBEAT            heartbeat, whole seconds (0 disables)
+//	RABBITMQ_CONNECTION_TIMEOUT   connection timeout, milliseconds
+//	ML_MAX_MESSAGE_RETRIES        retries per message
+//	ML_CIRCUIT_BREAKER_THRESHOLD  consecutive failures that open the breaker
+//	ML_CIRCUIT_BREAKER_COOLDOWN   how long the breaker stays open, milliseconds
+//
+// A variable that is unset or empty leaves the default. A value that cannot be
+// used is an [*OptionError] naming the variable and the value; nothing falls
+// back silently.
+func OptionsFromEnv() ([]Option, error) { return optionsFromLookup(os.LookupEnv) }
+
+func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
+	var opts []Option
+	get := func(name string) (string, bool) {
+		v, ok := lookup(name)
+		v = strings.TrimSpace(v)
+		return v, ok && v != ""
+	}
+	intVar := func(name string, min, max int) (int, bool, error) {
+		v, ok := get(name)
+		if !ok {
+			return 0, false, nil
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < min || n > max {
+			return 0, false, optErr(name, v, fmt.Sprintf("want a whole number from %d to %d", min, max))
+		}
+		return n, true, nil
+	}
+	if v, ok := get("RABBITMQ_URL"); ok {
+		var urls []string
+		for _, u := range strings.Split(v, ",") {
+			u = strings.TrimSpace(u)
+			if err := checkURL(u); err != nil {
+				return nil, optErr("RABBITMQ_URL", redactURL(u), err.Error()+"; want amqp://user:pass@host:5672/vhost, comma-separated for failover")
+			}
+			urls = append(urls, u)
+		}
+		opts = append(opts, WithURLs(urls...))
+	}
+	if n, ok, err := intVar("RABBITMQ_HEARTBEAT", 0, 3600); err != nil {
+		return nil, err
+	} else if ok {
+		opts = append(opts, WithHeartbeat(time.Duration(n)*time.Second))
+	}
+	if n, ok, err := intVar("RABBITMQ_CONNECTION_TIMEOUT", 1, 3600_000); err != nil {
+		return nil, err
+	} else if ok {
+		opts = append(opts, WithConnectionTimeout(time.Duration(n)*time.Millisecond))
+	}
+	if n, ok, err := intVar("ML_MAX_MESSAGE_RETRIES", 0, 1000); err != nil {
+		return nil, err
+	} else if ok {
+		opts = append(opts, WithMaxRetries(n))
+	}
+	threshold, hasT, err := intVar("ML_CIRCUIT_BREAKER_THRESHOLD", 1, 1_000_000)
+	if err != nil {
+		return nil, err
+	}
+	cooldown, hasC, err := intVar("ML_CIRCUIT_BREAKER_COOLDOWN", 1, 86_400_000)
+	if err != nil {
+		return nil, err
+	}
+	if hasT || hasC {
+		opts = append(opts, func(c *config) {
+			if hasT {
+				c.breakerThreshold = threshold
+			}
+			if hasC {
+				c.breakerCooldown = time.Duration(cooldown) * time.Millisecond
+			}
+		})
+	}
+	return opts, nil
+}

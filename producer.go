@@ -1,0 +1,380 @@
+package mlproducer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/google/uuid"
+
+	"github.com/mlproducer/mlproducer/transport"
+)
+
+// AttemptHeader is the AMQP header that carries the attempt number of a
+// message (1 for the first send). Consumers may read it; the message ID stays
+// the same across attempts.
+const AttemptHeader = "x-mlproducer-attempt"
+
+// DeliveryState says how far a published message got when the call returned.
+type DeliveryState uint8
+
+const (
+	// Confirmed: the broker confirmed the message (basic.ack).
+	Confirmed DeliveryState = iota + 1
+	// Pending: the message was sent but ctx ended before its confirm. The
+	// Producer still owns it and will retry it if needed.
+	Pending
+	// Queued: the message waits in the retry queue (no connection, a blocked
+	// one, or a failed attempt). The Producer owns it.
+	Queued
+	// DeadLettered: the message's attempts ran out before the call returned
+	// (only with [WithMaxRetries](0)); it went to the dead-letter hook.
+	DeadLettered
+)
+
+func (s DeliveryState) String() string {
+	switch s {
+	case Confirmed:
+		return "confirmed"
+	case Pending:
+		return "pending"
+	case Queued:
+		return "queued"
+	case DeadLettered:
+		return "dead-lettered"
+	}
+	return "unknown"
+}
+
+// MarshalText encodes the state as its name.
+func (s DeliveryState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// Receipt tells the caller of a publish which message it was given and how far
+// it got.
+type Receipt struct {
+	MessageID string        `json:"messageId"`
+	State     DeliveryState `json:"state"`
+}
+
+const (
+	finalConfirmed = 1
+	finalDead      = 2
+)
+
+// message is one accepted message, shared by all its attempts.
+type message struct {
+	id      string
+	typ     TaskType
+	body    []byte
+	created time.Time
+
+	final    atomic.Uint32 // 0 live, finalConfirmed or finalDead
+	notified atomic.Bool
+	outcome  atomic.Uint32
+	done     chan struct{}
+	sends    atomic.Int32
+	sentAt   atomic.Int64 // unix nanos of the last send, for latency
+
+	// Guarded by Producer.rmu.
+	attempts  int
+	lastErr   error
+	due       time.Time
+	seq       uint64
+	heapIndex int
+	backoff   backoff.BackOff
+}
+
+// signal reports the first outcome to a waiting caller; later ones are
+// ignored.
+func (m *message) signal(s DeliveryState) {
+	if m.notified.CompareAndSwap(false, true) {
+		m.outcome.Store(uint32(s))
+		close(m.done)
+	}
+}
+
+type counters struct {
+	accepted, confirmed, deadLettered, retried atomic.Uint64
+	nacked, returned, timeouts, reconnects     atomic.Uint64
+}
+
+// Producer publishes ML tasks to RabbitMQ. It is safe for concurrent use. Create
+// one with [New] and stop it with [Producer.Close].
+type Producer struct {
+	cfg     config
+	log     *slog.Logger
+	dialer  transport.Dialer
+	metrics counters
+
+	sess  atomic.Pointer[session]
+	epoch uint64
+
+	rmu   sync.Mutex // guards retry, deadq, seq and the rmu fields of messages
+	retry retryStore
+	deadq []*message
+	seq   uint64
+
+	owned     atomic.Int64
+	closing   atomic.Bool
+	drained   chan struct{}
+	retryWake chan struct{}
+	stop      chan struct{}
+	wg        sync.WaitGroup
+
+	stmu     sync.Mutex
+	state    ConnectionState
+	stateCh  chan struct{} // closed and replaced at every state change
+	lastErr  string
+	url      string
+	ever     bool
+	closeMu  sync.Mutex
+	closed   bool
+	closeErr error
+}
+
+// New validates the options and starts connecting in the background. It does
+// not wait for the broker and does not fail because the broker is down; use
+// [Producer.WaitConnected] to wait. The only errors are bad options.
+func New(opts ...Option) (*Producer, error) {
+	cfg := defaultConfig()
+	cfg.logger = slog.New(slog.DiscardHandler)
+	for _, o := range opts {
+		if o != nil {
+			o(&cfg)
+		}
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	p := &Producer{
+		cfg:       cfg,
+		log:       cfg.logger,
+		dialer:    cfg.dialer,
+		retry:     &memRetryStore{},
+		drained:   make(chan struct{}, 1),
+		retryWake: make(chan struct{}, 1),
+		stop:      make(chan struct{}),
+		state:     Connecting,
+		stateCh:   make(chan struct{}),
+	}
+	if p.dialer == nil {
+		p.dialer = transport.AMQP{ConfirmBuffer: cfg.maxInFlight + 1024}
+	}
+	p.wg.Add(2)
+	go p.supervise()
+	go p.retryLoop()
+	return p, nil
+}
+
+func (p *Producer) nextSeq() uint64 { p.seq++; return p.seq }
+
+func (p *Producer) newRetryBackoff() backoff.BackOff {
+	b := backoff.NewExponentialBackOff(
+		backoff.WithInitialInterval(p.cfg.retryInitial),
+		backoff.WithMaxInterval(p.cfg.retryMax),
+		backoff.WithRandomizationFactor(0.5),
+		backoff.WithMultiplier(2),
+		backoff.WithMaxElapsedTime(0),
+	)
+	return b
+}
+
+// Publish publishes a task whose JSON body the caller built. The typed methods
+// ([Producer.PublishSummarization] and the others) are built on it.
+//
+// A nil error means the Producer took the message and owns it until the
+// broker confirms it or it is handed to the dead-letter hook; the [Receipt]
+// says how far it got. Publish waits for the confirm at most until ctx ends
+// or the confirm timeout passes, whichever is first; it never waits for a
+// connection: while there is none, or the broker blocks publishers, the
+// message goes to the retry queue and Publish returns at once with [Queued].
+//
+// An error means the message was not taken: an [*InvalidTaskError],
+// [ErrClosed], [ErrRetryQueueFull], or ctx's error when ctx ended before the
+// hand-off.
+func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
+	if err := p.cfg.limits.validateMessage(&msg); err != nil {
+		return Receipt{}, err
+	}
+	id := msg.ID
+	if id == "" {
+		var err error
+		if id, err = newMessageID(); err != nil {
+			return Receipt{}, err
+		}
+	}
+	return p.submit(ctx, id, msg.Type, msg.Body, time.Now())
+}
+
+func newMessageID() (string, error) {
+	u, err := uuid.NewV7()
+	if err != nil {
+		return "", fmt.Errorf("mlproducer: cannot make a message id: %w", err)
+	}
+	return u.String(), nil
+}
+
+func (p *Producer) submit(ctx context.Context, id string, typ TaskType, body []byte, created time.Time) (Receipt, error) {
+	if err := ctx.Err(); err != nil {
+		return Receipt{}, err
+	}
+	p.owned.Add(1)
+	if p.closing.Load() {
+		p.disown()
+		return Receipt{}, ErrClosed
+	}
+	m := &message{id: id, typ: typ, body: body, created: created, done: make(chan struct{}), heapIndex: -1}
+	s := p.liveSession()
+	if s == nil || !s.tryEnqueue(m) {
+		if !p.admit(m) {
+			p.disown()
+			return Receipt{}, ErrRetryQueueFull
+		}
+		p.metrics.accepted.Add(1)
+		return Receipt{MessageID: id, State: Queued}, nil
+	}
+	p.metrics.accepted.Add(1)
+	select {
+	case <-m.done:
+		return Receipt{MessageID: id, State: DeliveryState(m.outcome.Load())}, nil
+	case <-ctx.Done():
+		return Receipt{MessageID: id, State: Pending}, nil
+	}
+}
+
+// liveSession returns the session to publish on, or nil while there is none
+// or the broker blocks publishers.
+func (p *Producer) liveSession() *session {
+	s := p.sess.Load()
+	if s == nil || s.blocked.Load() {
+		return nil
+	}
+	return s
+}
+
+func (p *Producer) disown() {
+	if p.owned.Add(-1) == 0 && p.closing.Load() {
+		kick(p.drained)
+	}
+}
+
+func (p *Producer) confirmed(m *message) {
+	p.metrics.confirmed.Add(1)
+	m.signal(Confirmed)
+	p.disown()
+}
+
+// deadLetter accounts for a message given up on and hands it to the hook.
+func (p *Producer) deadLetter(m *message, err error) {
+	p.metrics.deadLettered.Add(1)
+	p.log.Warn("mlproducer: message dead-lettered",
+		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
+		slog.Int("attempts", m.attempts), slog.Any("error", err))
+	if p.cfg.deadLetter != nil {
+		p.cfg.deadLetter(DeadLetter{
+			Message:  Message{Type: m.typ, ID: m.id, Body: m.body},
+			Attempts: m.attempts,
+			Err:      err,
+		})
+	}
+	p.disown()
+}
+
+// WaitConnected waits until the Producer has a connection ready for
+// publishing (state Connected or Blocked), ctx ends, or the Producer closes
+// ([ErrClosed]).
+func (p *Producer) WaitConnected(ctx context.Context) error {
+	for {
+		p.stmu.Lock()
+		st, ch, last := p.state, p.stateCh, p.lastErr
+		p.stmu.Unlock()
+		switch st {
+		case Connected, Blocked:
+			return nil
+		case Closed:
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			if last != "" {
+				return fmt.Errorf("mlproducer: not connected (last error: %s): %w", last, ctx.Err())
+			}
+			return fmt.Errorf("mlproducer: not connected: %w", ctx.Err())
+		}
+	}
+}
+
+func (p *Producer) setState(st ConnectionState) {
+	p.stmu.Lock()
+	if p.state != st && p.state != Closed {
+		p.state = st
+		close(p.stateCh)
+		p.stateCh = make(chan struct{})
+	}
+	p.stmu.Unlock()
+}
+
+// Close shuts the Producer down, like [net/http.Server.Shutdown]: new
+// publishes fail with [ErrClosed] at once; the messages it owns are given
+// until ctx ends to be confirmed; then the connection is closed and every
+// message still unconfirmed goes to the dead-letter hook. The error says how
+// many. No goroutine of the Producer survives Close. Calling Close again
+// waits for the first call and returns its result.
+func (p *Producer) Close(ctx context.Context) error {
+	p.closeMu.Lock()
+	defer p.closeMu.Unlock()
+	if p.closed {
+		return p.closeErr
+	}
+	p.closed = true
+	p.closing.Store(true)
+
+	var cause error
+drain:
+	for p.owned.Load() > 0 {
+		select {
+		case <-p.drained:
+		case <-ctx.Done():
+			cause = ctx.Err()
+			break drain
+		}
+	}
+	close(p.stop)
+	p.wg.Wait()
+
+	p.flushDeadLetters()
+	left := 0
+	for {
+		p.rmu.Lock()
+		m := p.retry.pop()
+		p.rmu.Unlock()
+		if m == nil {
+			break
+		}
+		if !m.final.CompareAndSwap(0, finalDead) {
+			continue
+		}
+		left++
+		m.signal(DeadLettered)
+		err := ErrClosed
+		if m.lastErr != nil {
+			err = fmt.Errorf("%w before the message was confirmed (last attempt: %v)", ErrClosed, m.lastErr)
+		}
+		p.deadLetter(m, err)
+	}
+	p.setState(Closed)
+	if left > 0 {
+		if cause == nil {
+			cause = errors.New("no connection")
+		}
+		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, handed to the dead-letter hook (%w)", left, cause)
+	}
+	p.log.Info("mlproducer: closed", slog.Int("deadLettered", left))
+	return p.closeErr
+}

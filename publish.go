@@ -1,0 +1,55 @@
+package mlproducer
+
+import (
+	"context"
+	"time"
+)
+
+// PublishSummarization publishes a summarization task for the share shareID
+// with the text content. It validates its input before anything is sent and
+// otherwise behaves as [Producer.Publish]: a nil error means the Producer owns
+// the message; the [Receipt] gives its ID and how far it got before ctx ended
+// or the confirm timeout passed.
+func (p *Producer) PublishSummarization(ctx context.Context, shareID, content string, opts SummarizationOptions) (Receipt, error) {
+	if err := p.cfg.limits.validateSummarization(shareID, content, &opts); err != nil {
+		return Receipt{}, err
+	}
+	id, err := newMessageID()
+	if err != nil {
+		return Receipt{}, err
+	}
+	now := time.Now()
+	body := appendSummarizationBody(make([]byte, 0, len(content)+256), id, now, shareID, content, &opts)
+	return p.submit(ctx, id, TaskSummarization, body, now)
+}
+
+// PublishTranscription publishes a transcription task for the share shareID
+// of the audio or video at mediaURL (by default an https, http, s3 or gs
+// URL). It behaves as [Producer.PublishSummarization].
+func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL string, opts TranscriptionOptions) (Receipt, error) {
+	if err := p.cfg.limits.validateTranscription(shareID, mediaURL, &opts); err != nil {
+		return Receipt{}, err
+	}
+	id, err := newMessageID()
+	if err != nil {
+		return Receipt{}, err
+	}
+	now := time.Now()
+	body := appendTranscriptionBody(make([]byte, 0, len(mediaURL)+256), id, now, shareID, mediaURL, &opts)
+	return p.submit(ctx, id, TaskTranscription, body, now)
+}
+
+// PublishEmbedding publishes an embedding task for the share shareID with the
+// text content. It behaves as [Producer.PublishSummarization].
+func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string, opts EmbeddingOptions) (Receipt, error) {
+	if err := p.cfg.limits.validateEmbedding(shareID, content, &opts); err != nil {
+		return Receipt{}, err
+	}
+	id, err := newMessageID()
+	if err != nil {
+		return Receipt{}, err
+	}
+	now := time.Now()
+	body := appendEmbeddingBody(make([]byte, 0, len(content)+256), id, now, shareID, content, &opts)
+	return p.submit(ctx, id, TaskEmbedding, body, now)
+}

@@ -1,0 +1,249 @@
+package mlproducer
+
+import (
+	"container/heap"
+	"time"
+)
+
+// retryStore holds the messages waiting for their next attempt, ordered by
+// when that attempt is due. It is kept small so that an on-disk store can
+// replace the in-memory one. Implementations are not safe for concurrent use:
+// the Producer serialises calls under its retry lock.
+type retryStore interface {
+	// push adds m, due at m.due. It never refuses: admission is decided by
+	// the caller with len and bytes.
+	push(m *message)
+	// peek returns the message due first, or nil.
+	peek() *message
+	// pop removes and returns the message due first, or nil.
+	pop() *message
+	// remove takes m out of the store and reports whether it was there.
+	remove(m *message) bool
+	// len is the number of messages held.
+	len() int
+	// bytes is the total body size held.
+	bytes() int
+}
+
+// memRetryStore is a min-heap of messages by due time.
+type memRetryStore struct {
+	h     msgHeap
+	total int
+}
+
+func (s *memRetryStore) push(m *message) {
+	heap.Push(&s.h, m)
+	s.total += len(m.body)
+}
+
+func (s *memRetryStore) peek() *message {
+	if len(s.h) == 0 {
+		return nil
+	}
+	return s.h[0]
+}
+
+func (s *memRetryStore) pop() *message {
+	if len(s.h) == 0 {
+		return nil
+	}
+	m := heap.Pop(&s.h).(*message)
+	s.total -= len(m.body)
+	return m
+}
+
+func (s *memRetryStore) remove(m *message) bool {
+	i := m.heapIndex
+	if i < 0 || i >= len(s.h) || s.h[i] != m {
+		return false
+	}
+	heap.Remove(&s.h, i)
+	s.total -= len(m.body)
+	return true
+}
+
+func (s *memRetryStore) len() int   { return len(s.h) }
+func (s *memRetryStore) bytes() int { return s.total }
+
+type msgHeap []*message
+
+func (h msgHeap) Len() int { return len(h) }
+func (h msgHeap) Less(i, j int) bool {
+	if h[i].due.Equal(h[j].due) {
+		return h[i].seq < h[j].seq
+	}
+	return h[i].due.Before(h[j].due)
+}
+func (h msgHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIndex = i
+	h[j].heapIndex = j
+}
+func (h *msgHeap) Push(x any) {
+	m := x.(*message)
+	m.heapIndex = len(*h)
+	*h = append(*h, m)
+}
+func (h *msgHeap) Pop() any {
+	old := *h
+	n := len(old)
+	m := old[n-1]
+	old[n-1] = nil
+	m.heapIndex = -1
+	*h = old[:n-1]
+	return m
+}
+
+// retryLoop hands due messages to the current session, and dead-letters the
+// messages whose attempts ran out. It is the only goroutine that calls the
+// dead-letter hook before Close.
+func (p *Producer) retryLoop() {
+	defer p.wg.Done()
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	defer timer.Stop()
+	for {
+		p.flushDeadLetters()
+		wait := p.sendDue()
+		if wait > 0 {
+			timer.Reset(wait)
+		}
+		select {
+		case <-p.stop:
+			return
+		case <-p.retryWake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// sendDue moves due messages to the live session while it has room. It
+// returns how long until the next message is due, or 0 when there is nothing
+// to wait for but a wake-up (no session, no room, or an empty queue).
+func (p *Producer) sendDue() time.Duration {
+	for {
+		s := p.liveSession()
+		if s == nil {
+			return 0
+		}
+		p.rmu.Lock()
+		m := p.retry.peek()
+		if m == nil {
+			p.rmu.Unlock()
+			return 0
+		}
+		now := time.Now()
+		if d := m.due.Sub(now); d > 0 {
+			p.rmu.Unlock()
+			return d
+		}
+		if !s.reserve() {
+			p.rmu.Unlock()
+			return 0
+		}
+		p.retry.pop()
+		p.rmu.Unlock()
+		if m.final.Load() != 0 {
+			s.release()
+			continue
+		}
+		p.metrics.retried.Add(1)
+		s.enqueue(m)
+	}
+}
+
+// requeue puts an accepted message back in the retry queue without spending an
+// attempt (its connection died, or it never left). It never refuses.
+func (p *Producer) requeue(m *message, due time.Time) {
+	p.rmu.Lock()
+	if m.final.Load() == 0 && m.heapIndex < 0 {
+		m.due = due
+		m.seq = p.nextSeq()
+		p.retry.push(m)
+	}
+	p.rmu.Unlock()
+	m.signal(Queued)
+	p.wakeRetry()
+}
+
+// failAttempt records a failed attempt of m (nack, return, confirm timeout)
+// and either schedules the next one with backoff or dead-letters m.
+func (p *Producer) failAttempt(m *message, err error) {
+	p.rmu.Lock()
+	if m.final.Load() != 0 || m.heapIndex >= 0 {
+		// Confirmed meanwhile by another attempt, or already waiting.
+		p.rmu.Unlock()
+		return
+	}
+	m.attempts++
+	m.lastErr = err
+	if m.attempts > p.cfg.maxRetries {
+		if !m.final.CompareAndSwap(0, finalDead) {
+			p.rmu.Unlock()
+			return
+		}
+		p.deadq = append(p.deadq, m)
+		p.rmu.Unlock()
+		m.signal(DeadLettered)
+		p.wakeRetry()
+		return
+	}
+	m.due = time.Now().Add(p.backoffFor(m))
+	m.seq = p.nextSeq()
+	p.retry.push(m)
+	p.rmu.Unlock()
+	m.signal(Queued)
+	p.wakeRetry()
+}
+
+// backoffFor returns the wait before the next attempt of m. Call with rmu held.
+func (p *Producer) backoffFor(m *message) time.Duration {
+	if m.backoff == nil {
+		m.backoff = p.newRetryBackoff()
+	}
+	return m.backoff.NextBackOff()
+}
+
+// admit puts a new message straight into the retry queue (no connection, a
+// blocked one, or no room on it), if the queue has room.
+func (p *Producer) admit(m *message) bool {
+	p.rmu.Lock()
+	if p.retry.len() >= p.cfg.retryCapCount || p.retry.bytes()+len(m.body) > p.cfg.retryCapBytes {
+		p.rmu.Unlock()
+		return false
+	}
+	m.due = time.Now()
+	m.seq = p.nextSeq()
+	p.retry.push(m)
+	p.rmu.Unlock()
+	m.signal(Queued)
+	p.wakeRetry()
+	return true
+}
+
+// cancelRetry takes a message confirmed by a late ack out of the queue.
+func (p *Producer) cancelRetry(m *message) {
+	p.rmu.Lock()
+	p.retry.remove(m)
+	p.rmu.Unlock()
+}
+
+// flushDeadLetters hands the dead-lettered messages to the hook, outside any
+// lock.
+func (p *Producer) flushDeadLetters() {
+	p.rmu.Lock()
+	dead := p.deadq
+	p.deadq = nil
+	p.rmu.Unlock()
+	for _, m := range dead {
+		p.deadLetter(m, m.lastErr)
+	}
+}
+
+func (p *Producer) wakeRetry() {
+	select {
+	case p.retryWake <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,272 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// AMQP is the default [Dialer], backed by github.com/rabbitmq/amqp091-go with
+// its automatic recovery left off: the Producer reconnects by itself so that
+// delivery tags never restart behind its back.
+type AMQP struct {
+	// ConfirmBuffer is the capacity of each channel's confirmation buffer. It
+	// must be at least the number of publishings in flight on a channel so
+	// that amqp091-go never waits on a slow listener (it gives up after 5 s
+	// and the confirm is lost). Zero means 65536.
+	ConfirmBuffer int
+}
+
+// closeTimeout bounds the connection.close handshake; after it the socket is
+// closed outright, which also ends a write blocked by broker back-pressure.
+const closeTimeout = 2 * time.Second
+
+// Dial implements [Dialer].
+func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
+	var (
+		mu  sync.Mutex
+		raw net.Conn
+	)
+	acfg := amqp.Config{
+		Heartbeat:       cfg.Heartbeat,
+		TLSClientConfig: cfg.TLS,
+		Properties:      amqp.NewConnectionProperties(),
+		Locale:          "en_US",
+		Dial: func(network, addr string) (net.Conn, error) {
+			var nd net.Dialer
+			c, err := nd.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			if dl, ok := ctx.Deadline(); ok {
+				// Bounds the TLS and AMQP handshakes; amqp091-go clears it
+				// once the connection is open.
+				if err := c.SetDeadline(dl); err != nil {
+					c.Close()
+					return nil, err
+				}
+			}
+			mu.Lock()
+			raw = c
+			mu.Unlock()
+			return c, nil
+		},
+	}
+	if cfg.ConnectionName != "" {
+		acfg.Properties.SetClientConnectionName(cfg.ConnectionName)
+	}
+	// A cancelled ctx ends a handshake that is stuck on a silent peer.
+	stop := context.AfterFunc(ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if raw != nil {
+			raw.Close()
+		}
+	})
+	ac, err := amqp.DialConfig(url, acfg)
+	if !stop() && err == nil {
+		ac.Close()
+		return nil, ctx.Err()
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (%v)", ctx.Err(), err)
+		}
+		return nil, err
+	}
+	c := &amqpConn{c: ac, raw: raw, confirmBuffer: d.ConfirmBuffer}
+	if c.confirmBuffer <= 0 {
+		c.confirmBuffer = 1 << 16
+	}
+	closes := ac.NotifyClose(make(chan *amqp.Error, 1))
+	blocks := ac.NotifyBlocked(make(chan amqp.Blocking, 8))
+	go watchConn(closes, blocks, cfg)
+	return c, nil
+}
+
+// watchConn forwards connection events until amqp091-go closes its notify
+// channels, which it does when the connection shuts down.
+func watchConn(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking, cfg Config) {
+	for {
+		select {
+		case b, ok := <-blocks:
+			if !ok {
+				blocks = nil
+				continue
+			}
+			if cfg.OnBlocked != nil {
+				cfg.OnBlocked(b.Active, b.Reason)
+			}
+		case e, ok := <-closes:
+			// Drain blocks so its sender never waits on us.
+			if blocks != nil {
+				go func() {
+					for range blocks {
+					}
+				}()
+			}
+			if cfg.OnClosed != nil {
+				if ok && e != nil {
+					cfg.OnClosed(e)
+				} else {
+					cfg.OnClosed(nil)
+				}
+			}
+			return
+		}
+	}
+}
+
+type amqpConn struct {
+	c             *amqp.Connection
+	raw           net.Conn
+	confirmBuffer int
+	closeOnce     sync.Once
+}
+
+func (c *amqpConn) Channel() (Channel, error) {
+	ch, err := c.c.Channel()
+	if err != nil {
+		return nil, err
+	}
+	return &amqpChannel{ch: ch, confirmBuffer: c.confirmBuffer}, nil
+}
+
+func (c *amqpConn) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		err = c.c.CloseDeadline(time.Now().Add(closeTimeout))
+		if c.raw != nil {
+			c.raw.Close()
+		}
+		if errors.Is(err, amqp.ErrClosed) {
+			err = nil
+		}
+	})
+	return err
+}
+
+type amqpChannel struct {
+	ch            *amqp.Channel
+	confirmBuffer int
+}
+
+func (c *amqpChannel) ExchangeDeclare(name, kind string, durable bool, args Table) error {
+	return c.ch.ExchangeDeclare(name, kind, durable, false, false, false, amqp.Table(args))
+}
+
+func (c *amqpChannel) QueueDeclare(name string, durable bool, args Table) error {
+	_, err := c.ch.QueueDeclare(name, durable, false, false, false, amqp.Table(args))
+	return err
+}
+
+func (c *amqpChannel) QueueBind(queue, key, exchange string) error {
+	return c.ch.QueueBind(queue, key, exchange, false, nil)
+}
+
+func (c *amqpChannel) Confirm(ev ChannelEvents) error {
+	confirms := c.ch.NotifyPublish(make(chan amqp.Confirmation, c.confirmBuffer))
+	returns := c.ch.NotifyReturn(make(chan amqp.Return, 256))
+	closes := c.ch.NotifyClose(make(chan *amqp.Error, 1))
+	if err := c.ch.Confirm(false); err != nil {
+		return err
+	}
+	go watchChannel(confirms, returns, closes, ev)
+	return nil
+}
+
+// watchChannel forwards one channel's events in the order the broker sent
+// them. amqp091-go hands a basic.return to the returns channel before it hands
+// the matching basic.ack to the confirms channel (both from its reader
+// goroutine), so pending returns are drained before each confirm is passed on.
+func watchChannel(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closes <-chan *amqp.Error, ev ChannelEvents) {
+	forwardReturn := func(r amqp.Return) {
+		ev.Return(Return{ReplyCode: r.ReplyCode, ReplyText: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey, MessageID: r.MessageId})
+	}
+	var closeErr error
+	for confirms != nil || returns != nil {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				returns = nil
+				continue
+			}
+			forwardReturn(r)
+		case cf, ok := <-confirms:
+			if !ok {
+				confirms = nil
+				continue
+			}
+		drain:
+			for returns != nil {
+				select {
+				case r, ok := <-returns:
+					if !ok {
+						returns = nil
+						break drain
+					}
+					forwardReturn(r)
+				default:
+					break drain
+				}
+			}
+			ev.Confirm(Confirmation{DeliveryTag: cf.DeliveryTag, Ack: cf.Ack})
+		case e, ok := <-closes:
+			if ok && e != nil {
+				closeErr = e
+			}
+			closes = nil
+		}
+	}
+	// amqp091-go closes the confirm and return listeners on shutdown, after
+	// it has sent any close error.
+	if closes != nil {
+		select {
+		case e, ok := <-closes:
+			if ok && e != nil {
+				closeErr = e
+			}
+		default:
+		}
+	}
+	if closeErr == nil {
+		closeErr = amqp.ErrClosed
+	}
+	ev.Closed(closeErr)
+}
+
+func (c *amqpChannel) Publish(ctx context.Context, exchange, key string, mandatory bool, msg Publishing) (uint64, error) {
+	p := amqp.Publishing{
+		ContentType: msg.ContentType,
+		MessageId:   msg.MessageID,
+		Timestamp:   msg.Timestamp,
+		Type:        msg.Type,
+		AppId:       msg.AppID,
+		Headers:     amqp.Table(msg.Headers),
+		Body:        msg.Body,
+	}
+	if msg.Persistent {
+		p.DeliveryMode = amqp.Persistent
+	}
+	dc, err := c.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, mandatory, false, p)
+	if err != nil {
+		return 0, err
+	}
+	if dc == nil {
+		return 0, nil
+	}
+	return dc.DeliveryTag, nil
+}
+
+func (c *amqpChannel) Close() error {
+	err := c.ch.Close()
+	if errors.Is(err, amqp.ErrClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,120 @@
+// Package transport is the small AMQP 0-9-1 surface that mlproducer needs from a
+// broker connection. The default implementation wraps
+// github.com/rabbitmq/amqp091-go (see [AMQP]); package
+// github.com/mlproducer/mlproducer/mlproducertest provides an in-memory fake
+// behind the same interfaces so that a Producer can be tested with no broker.
+//
+// Implementations keep to these rules, which the Producer relies on:
+//
+//   - Event callbacks ([ChannelEvents], [Config.OnBlocked]) are called from a
+//     goroutine owned by the implementation, never from inside a call made by
+//     the Producer, and they are called one at a time per channel.
+//   - A [Return] for a publishing is delivered before the [Confirmation] of
+//     the same publishing (RabbitMQ sends basic.return before basic.ack).
+//   - After [ChannelEvents.Closed] has been called, no other callback of that
+//     channel is called again.
+//   - Publish may block while the broker applies back-pressure; it returns
+//     when the channel or its connection is closed.
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"time"
+)
+
+// Table holds AMQP field-table arguments (queue arguments, headers).
+type Table map[string]any
+
+// Dialer opens connections to a broker.
+type Dialer interface {
+	// Dial connects to the broker at url and completes the AMQP handshake.
+	// ctx bounds the whole handshake.
+	Dial(ctx context.Context, url string, cfg Config) (Conn, error)
+}
+
+// Config is what a Dialer needs besides the URL.
+type Config struct {
+	// Heartbeat is the heartbeat interval to negotiate; 0 disables heartbeats.
+	Heartbeat time.Duration
+	// TLS is used for amqps URLs. Nil means the system roots with full
+	// verification.
+	TLS *tls.Config
+	// ConnectionName is shown in the broker's management UI.
+	ConnectionName string
+	// OnBlocked is called with true on connection.blocked and false on
+	// connection.unblocked. It must not block.
+	OnBlocked func(blocked bool, reason string)
+	// OnClosed is called once when the connection ends, with the reason
+	// (nil after Close). It must not block.
+	OnClosed func(err error)
+}
+
+// Conn is one broker connection.
+type Conn interface {
+	// Channel opens a channel on the connection.
+	Channel() (Channel, error)
+	// Close closes the connection and every channel on it. Safe to call more
+	// than once.
+	Close() error
+}
+
+// Channel is one AMQP channel.
+type Channel interface {
+	// ExchangeDeclare declares an exchange of the given kind.
+	ExchangeDeclare(name, kind string, durable bool, args Table) error
+	// QueueDeclare declares a queue.
+	QueueDeclare(name string, durable bool, args Table) error
+	// QueueBind binds queue to exchange with the routing key.
+	QueueBind(queue, key, exchange string) error
+	// Confirm puts the channel into publisher-confirm mode and routes its
+	// events to ev. Delivery tags of later publishings start at 1.
+	Confirm(ev ChannelEvents) error
+	// Publish sends one publishing and returns its delivery tag. It may block
+	// under broker back-pressure for as long as the connection lives; ctx is
+	// honoured only where the implementation can (amqp091-go ignores it once
+	// the frames are being written).
+	Publish(ctx context.Context, exchange, key string, mandatory bool, msg Publishing) (tag uint64, err error)
+	// Close closes the channel. Safe to call more than once.
+	Close() error
+}
+
+// ChannelEvents receives the asynchronous events of a channel in confirm mode.
+// Every function must be set and must not block.
+type ChannelEvents struct {
+	// Confirm reports basic.ack (Ack true) or basic.nack for a delivery tag,
+	// or for every tag up to it when Multiple is set.
+	Confirm func(Confirmation)
+	// Return reports a mandatory publishing the broker could not route.
+	Return func(Return)
+	// Closed is called once when the channel or its connection ends.
+	Closed func(err error)
+}
+
+// Confirmation is a publisher confirm.
+type Confirmation struct {
+	DeliveryTag uint64
+	Ack         bool
+	Multiple    bool
+}
+
+// Return is a basic.return of an unroutable mandatory publishing.
+type Return struct {
+	ReplyCode  uint16
+	ReplyText  string
+	Exchange   string
+	RoutingKey string
+	MessageID  string
+}
+
+// Publishing is one message as sent on the wire.
+type Publishing struct {
+	ContentType string
+	MessageID   string
+	Timestamp   time.Time
+	Type        string
+	AppID       string
+	Persistent  bool
+	Headers     Table
+	Body        []byte
+}
