@@ -148,8 +148,6 @@ func (c *config) validate() error {
 		return optErr("WithHealthCheckInterval", c.healthInterval, "must be >= 0 (0 disables the health check)")
 	case c.maxInFlight <= 0:
 		return optErr("WithMaxInFlight", c.maxInFlight, "must be > 0")
-	case c.topology.Exchange == "" && !c.topology.NoDeclare:
-		return optErr("WithTopology", "", "Exchange must be set")
 	case c.topology.QueueType != QueueClassic && c.topology.QueueType != QueueQuorum:
 		return optErr("WithTopology", c.topology.QueueType, `QueueType must be "classic" or "quorum"`)
 	case c.limits.maxContent <= 0:
@@ -257,6 +255,9 @@ func WithMaxInFlight(n int) Option { return func(c *config) { c.maxInFlight = n 
 // turns declaration off. Default: exchange "ml.tasks", classic queues.
 func WithTopology(t Topology) Option {
 	return func(c *config) {
+		if t.Exchange == "" {
+			t.Exchange = "ml.tasks"
+		}
 		if t.QueueType == "" {
 			t.QueueType = QueueClassic
 		}

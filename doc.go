@@ -1,0 +1,64 @@
+// Package mlproducer publishes ML tasks (summarization, transcription,
+// embedding) to RabbitMQ reliably, from code that must answer in time: an HTTP
+// handler calls [Producer.PublishSummarization] with its request's context and
+// gets an answer before that context ends, whatever the broker is doing.
+//
+// # Guarantees
+//
+// Delivery is at-least-once and nothing is lost silently. A publish returns an
+// error only when the Producer did not take the message (invalid task,
+// closed, retry queue full, or ctx ended before the hand-off); then nothing
+// was sent or kept. A nil error means the Producer owns the message until the
+// broker confirms it (publisher confirms, basic.ack) or, when its retries run
+// out or [Producer.Close] ends first, hands it to the dead-letter hook
+// ([WithDeadLetter]) and counts it. The [Receipt] says how far it got:
+// [Confirmed], [Pending] (sent, not yet confirmed when ctx ended) or [Queued]
+// (waiting in the retry queue).
+//
+// A message may reach the broker more than once (after a lost connection or a
+// confirm timeout); its message ID stays the same across attempts, so
+// consumers de-duplicate by message ID. Messages are persistent and published
+// as mandatory: one the broker cannot route is returned and retried, never
+// reported as confirmed.
+//
+// # Concurrency
+//
+// A Producer is safe for concurrent use, and concurrent callers overlap: no
+// lock is held while a caller waits for its confirm. Callers never write to
+// the socket: each connection has one writer goroutine, so a write held by
+// broker back-pressure (a memory or disk alarm can last hours) holds no
+// caller. While there is no connection, or the broker blocks publishers, a
+// publish goes straight to the bounded retry queue and returns [Queued].
+//
+// A publish waits for its confirm until ctx ends or the confirm timeout
+// ([WithConfirmTimeout]) passes, whichever comes first.
+//
+// # Connection
+//
+// [New] connects in the background and never fails because the broker is
+// down. One supervisor goroutine owns the connection: it reconnects with
+// exponential backoff and full jitter across every URL given to [WithURLs],
+// declares the topology on each new connection, and puts everything that was
+// unconfirmed on a lost connection back in the retry queue. Time spent
+// disconnected costs a message no attempt.
+//
+// # Shutdown
+//
+// [Producer.Close] works like [net/http.Server.Shutdown]: new publishes fail
+// with [ErrClosed], owned messages are given until ctx ends to be confirmed,
+// then the connection closes and whatever is still unconfirmed goes to the
+// dead-letter hook; the error says how many. No goroutine survives Close.
+//
+// # Observability
+//
+// [Producer.Status] reports the connection state, reconnect attempts, retry
+// queue size and pending confirms, with URLs redacted. Logs go to the
+// [log/slog] logger given to [WithLogger] (discarded by default); passwords
+// never appear in logs, errors or status.
+//
+// # Testing
+//
+// Package github.com/mlproducer/mlproducer/mlproducertest is an in-memory fake
+// broker with fault injection; pass it to [WithDialer] to test a service
+// against a real Producer with no broker.
+package mlproducer

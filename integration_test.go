@@ -1,0 +1,187 @@
+package mlproducer_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mlproducer/mlproducer"
+	"github.com/mlproducer/mlproducer/internal/rabbittest"
+)
+
+var taskQueues = []string{"ml.summarization", "ml.transcription", "ml.embedding"}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Real RabbitMQ: 64 goroutines publish at least 10,000 tasks of the three
+// types while every connection is forced closed three times. Every accepted
+// message id must be found in the queues afterwards, or dead-lettered.
+func TestRabbitMQForcedClosesLoseNothing(t *testing.T) {
+	url := rabbittest.Require(t)
+	rabbittest.PurgeQueues(t, url, taskQueues...)
+	var dl deadLetters
+	p, err := mlproducer.New(
+		mlproducer.WithURLs(url),
+		mlproducer.WithDeadLetter(dl.hook),
+		mlproducer.WithReconnectBackoff(50*time.Millisecond, time.Second),
+		mlproducer.WithRetryQueueCapacity(1_000_000, 1<<30),
+	)
+	require.NoError(t, err)
+	waitConnected(t, p)
+
+	var (
+		accepted   sync.Map
+		nAccepted  atomic.Int64
+		closesDone atomic.Bool
+		wg         sync.WaitGroup
+	)
+	const goroutines, atLeast = 64, 10_000
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; nAccepted.Load() < atLeast || !closesDone.Load(); i++ {
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				var r mlproducer.Receipt
+				var err error
+				share := fmt.Sprintf("share-%d-%d", g, i)
+				switch i % 3 {
+				case 0:
+					r, err = p.PublishSummarization(ctx, share, "some text to summarise", mlproducer.SummarizationOptions{})
+				case 1:
+					r, err = p.PublishTranscription(ctx, share, "https://media.example/a.mp3", mlproducer.TranscriptionOptions{})
+				default:
+					r, err = p.PublishEmbedding(ctx, share, "some text to embed", mlproducer.EmbeddingOptions{})
+				}
+				cancel()
+				if err != nil {
+					t.Errorf("publish refused: %v", err)
+					return
+				}
+				accepted.Store(r.MessageID, true)
+				nAccepted.Add(1)
+			}
+		}()
+	}
+	for i := 0; i < 3; i++ {
+		time.Sleep(300 * time.Millisecond)
+		rabbittest.CloseAllConnections(t)
+	}
+	closesDone.Store(true)
+	wg.Wait()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	require.NoError(t, p.Close(ctx))
+
+	found := map[string]int{}
+	for _, q := range taskQueues {
+		for id, n := range rabbittest.DrainIDs(t, url, q, 2*time.Second) {
+			found[id] += n
+		}
+	}
+	dead := map[string]bool{}
+	for _, d := range dl.all() {
+		dead[d.Message.ID] = true
+	}
+	var confirmed, duplicates, missing int
+	accepted.Range(func(k, _ any) bool {
+		switch n := found[k.(string)]; {
+		case n > 0:
+			confirmed++
+			duplicates += n - 1
+		case dead[k.(string)]:
+		default:
+			missing++
+		}
+		return true
+	})
+	st := p.Status()
+	t.Logf("accepted=%d found=%d duplicates=%d dead-lettered=%d missing=%d reconnects=%d",
+		nAccepted.Load(), confirmed, duplicates, len(dead), missing, st.ReconnectAttempts)
+	if duplicates > 0 {
+		t.Logf("%d duplicates delivered (at-least-once; consumers de-duplicate by message id)", duplicates)
+	}
+	assert.Zero(t, missing)
+	assert.GreaterOrEqual(t, nAccepted.Load(), int64(atLeast))
+	assert.EqualValues(t, st.Accepted, st.Confirmed+st.DeadLettered)
+	assert.GreaterOrEqual(t, st.ReconnectAttempts, uint64(3), "each forced close causes a reconnect")
+}
+
+// Real RabbitMQ: the first URL refuses connections, the second works.
+func TestRabbitMQFailoverToSecondURL(t *testing.T) {
+	url := rabbittest.Require(t)
+	refusing := "amqp://guest:guest@127.0.0.1:1/"
+	p, err := mlproducer.New(mlproducer.WithURLs(refusing, url), mlproducer.WithReconnectBackoff(10*time.Millisecond, 100*time.Millisecond))
+	require.NoError(t, err)
+	waitConnected(t, p)
+	assert.Equal(t, rabbittest.Redact(url), p.Status().URL)
+	r, err := p.PublishSummarization(context.Background(), "share-failover", "text", mlproducer.SummarizationOptions{})
+	require.NoError(t, err)
+	assert.Equal(t, mlproducer.Confirmed, r.State)
+	require.NoError(t, closeProducer(t, p))
+}
+
+// The password of a URL never appears in logs, errors or Status.
+func TestPasswordNeverShown(t *testing.T) {
+	url := rabbittest.Require(t)
+	const secret = "Sup3rS3cretPw"
+	var logs syncBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// Wrong password on a live broker, then a refused port: both fail with
+	// errors that must not show it.
+	// RabbitMQ answers a wrong password after about 3 s.
+	bad := []string{"amqp://guest:" + secret + "@127.0.0.1:1/", "amqp://guest:" + secret + "@127.0.0.1:5672/"}
+	p, err := mlproducer.New(mlproducer.WithURLs(bad...), mlproducer.WithLogger(logger),
+		mlproducer.WithReconnectBackoff(10*time.Millisecond, 50*time.Millisecond))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
+	defer cancel()
+	werr := p.WaitConnected(ctx)
+	require.Error(t, werr)
+	st := p.Status()
+	require.NotEmpty(t, st.LastError)
+	_, perr := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{})
+	require.NoError(t, perr)
+	cctx, ccancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer ccancel()
+	cerr := p.Close(cctx)
+	require.Error(t, cerr)
+
+	_, oerr := mlproducer.New(mlproducer.WithURLs("amqp://guest:" + secret + "@/nohost"))
+	require.Error(t, oerr)
+
+	for what, text := range map[string]string{
+		"logs": logs.String(), "WaitConnected error": werr.Error(), "Close error": cerr.Error(),
+		"option error": oerr.Error(), "status": fmt.Sprintf("%+v", st),
+	} {
+		assert.NotContains(t, text, secret, what)
+	}
+	assert.Contains(t, logs.String(), "xxxxx", "URLs are logged redacted")
+	assert.Contains(t, logs.String(), "username or password not allowed", "the broker's refusal is logged")
+	_ = url
+}

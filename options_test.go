@@ -1,0 +1,130 @@
+package mlproducer
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+func applyEnv(t *testing.T, env map[string]string) (config, error) {
+	t.Helper()
+	opts, err := optionsFromLookup(func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	})
+	cfg := defaultConfig()
+	cfg.logger = nil
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg, err
+}
+
+func TestOptionsFromEnv(t *testing.T) {
+	cfg, err := applyEnv(t, map[string]string{
+		"RABBITMQ_URL":                 "amqp://u:p@a:5672/, amqps://u:p@b:5671/vh",
+		"RABBITMQ_HEARTBEAT":           "15",
+		"RABBITMQ_CONNECTION_TIMEOUT":  "2500",
+		"ML_MAX_MESSAGE_RETRIES":       "0",
+		"ML_CIRCUIT_BREAKER_THRESHOLD": "4",
+		"ML_CIRCUIT_BREAKER_COOLDOWN":  "1500",
+	})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"amqp://u:p@a:5672/", "amqps://u:p@b:5671/vh"}, cfg.urls)
+	assert.Equal(t, 15*time.Second, cfg.heartbeat)
+	assert.Equal(t, 2500*time.Millisecond, cfg.connectionTimeout)
+	assert.Equal(t, 0, cfg.maxRetries)
+	assert.Equal(t, 4, cfg.breakerThreshold)
+	assert.Equal(t, 1500*time.Millisecond, cfg.breakerCooldown)
+
+	// Unset and empty leave the defaults.
+	cfg, err = applyEnv(t, map[string]string{"RABBITMQ_HEARTBEAT": ""})
+	require.NoError(t, err)
+	def := defaultConfig()
+	assert.Equal(t, def.heartbeat, cfg.heartbeat)
+	assert.Equal(t, def.urls, cfg.urls)
+	assert.Equal(t, 10*time.Second, def.connectionTimeout)
+	assert.Equal(t, 3, def.maxRetries)
+	assert.Equal(t, 10, def.breakerThreshold)
+	assert.Equal(t, 30*time.Second, def.breakerCooldown)
+	assert.Equal(t, 30*time.Second, def.healthInterval)
+	assert.Equal(t, 5*time.Second, def.confirmTimeout)
+}
+
+func TestOptionsFromEnvRefusesBadValues(t *testing.T) {
+	cases := []struct{ name, value string }{
+		{"RABBITMQ_URL", "http://host/"},
+		{"RABBITMQ_URL", "amqp://ok/,"},
+		{"RABBITMQ_URL", "amqp:///nohost"},
+		{"RABBITMQ_HEARTBEAT", "ten"},
+		{"RABBITMQ_HEARTBEAT", "-1"},
+		{"RABBITMQ_HEARTBEAT", "1.5"},
+		{"RABBITMQ_CONNECTION_TIMEOUT", "0"},
+		{"RABBITMQ_CONNECTION_TIMEOUT", "10s"},
+		{"ML_MAX_MESSAGE_RETRIES", "-3"},
+		{"ML_MAX_MESSAGE_RETRIES", "many"},
+		{"ML_CIRCUIT_BREAKER_THRESHOLD", "0"},
+		{"ML_CIRCUIT_BREAKER_COOLDOWN", "-5"},
+		{"ML_CIRCUIT_BREAKER_COOLDOWN", "30s"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
+			_, err := applyEnv(t, map[string]string{tc.name: tc.value})
+			require.Error(t, err)
+			assert.True(t, errors.Is(err, ErrInvalidOption))
+			var oe *OptionError
+			require.ErrorAs(t, err, &oe)
+			assert.Equal(t, tc.name, oe.Name)
+			assert.Contains(t, err.Error(), tc.name)
+		})
+	}
+}
+
+func TestOptionErrorRedactsPassword(t *testing.T) {
+	_, err := applyEnv(t, map[string]string{"RABBITMQ_URL": "http://user:s3cret@host/"})
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "s3cret")
+	_, err = New(WithURLs("ftp://user:s3cret@host/"))
+	require.Error(t, err)
+	assert.NotContains(t, err.Error(), "s3cret")
+}
+
+func TestNewRefusesBadOptions(t *testing.T) {
+	cases := []struct {
+		opt  Option
+		name string
+	}{
+		{WithURLs(), "WithURLs"},
+		{WithURLs("amqp://h/", "nope"), "WithURLs"},
+		{WithHeartbeat(-time.Second), "WithHeartbeat"},
+		{WithConnectionTimeout(0), "WithConnectionTimeout"},
+		{WithConfirmTimeout(0), "WithConfirmTimeout"},
+		{WithMaxRetries(-1), "WithMaxRetries"},
+		{WithRetryQueueCapacity(0, 10), "WithRetryQueueCapacity"},
+		{WithRetryQueueCapacity(10, 0), "WithRetryQueueCapacity"},
+		{WithRetryBackoff(time.Second, time.Millisecond), "WithRetryBackoff"},
+		{WithReconnectBackoff(0, time.Second), "WithReconnectBackoff"},
+		{WithCircuitBreaker(0, time.Second), "WithCircuitBreaker"},
+		{WithCircuitBreaker(3, 0), "WithCircuitBreaker"},
+		{WithHealthCheckInterval(-time.Second), "WithHealthCheckInterval"},
+		{WithMaxInFlight(0), "WithMaxInFlight"},
+		{WithTopology(Topology{QueueType: "stream"}), "WithTopology"},
+		{WithLogger(nil), "WithLogger"},
+		{WithMaxContentBytes(-1), "WithMaxContentBytes"},
+		{WithMediaURLSchemes(), "WithMediaURLSchemes"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p, err := New(tc.opt)
+			require.Error(t, err)
+			assert.Nil(t, p)
+			var oe *OptionError
+			require.ErrorAs(t, err, &oe)
+			assert.Equal(t, tc.name, oe.Name)
+			assert.ErrorIs(t, err, ErrInvalidOption)
+		})
+	}
+}
