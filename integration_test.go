@@ -185,3 +185,34 @@ func TestPasswordNeverShown(t *testing.T) {
 	assert.Contains(t, logs.String(), "username or password not allowed", "the broker's refusal is logged")
 	_ = url
 }
+
+// Real RabbitMQ: a mandatory message that no queue is bound for comes back as
+// basic.return before its ack; it is never counted as confirmed.
+func TestRabbitMQUnroutableIsNotConfirmed(t *testing.T) {
+	url := rabbittest.Require(t)
+	conn := rabbittest.Dial(t, url)
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	const ex = "mlproducer.test.unbound"
+	require.NoError(t, ch.ExchangeDeclare(ex, "direct", false, true, false, false, nil))
+	t.Cleanup(func() { ch.ExchangeDelete(ex, false, false); ch.Close() })
+
+	var dl deadLetters
+	p, err := mlproducer.New(mlproducer.WithURLs(url),
+		mlproducer.WithTopology(mlproducer.Topology{Exchange: ex, NoDeclare: true}),
+		mlproducer.WithMaxRetries(1), mlproducer.WithRetryBackoff(10*time.Millisecond, 10*time.Millisecond),
+		mlproducer.WithDeadLetter(dl.hook))
+	require.NoError(t, err)
+	waitConnected(t, p)
+	r, err := p.PublishSummarization(context.Background(), "share-unroutable", "text", mlproducer.SummarizationOptions{})
+	require.NoError(t, err)
+	assert.NotEqual(t, mlproducer.Confirmed, r.State)
+	require.NoError(t, closeProducer(t, p))
+	got := dl.all()
+	require.Len(t, got, 1)
+	assert.Equal(t, 2, got[0].Attempts)
+	var ret *mlproducer.ReturnedError
+	require.ErrorAs(t, got[0].Err, &ret)
+	assert.EqualValues(t, 312, ret.Code)
+	assert.Zero(t, p.Status().Confirmed)
+}
