@@ -10,10 +10,10 @@ test:
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 8m ./...
 
-## demo: publish one task of each type to a local RabbitMQ and show what arrives.
+## demo: run the example gateway and worker on a local RabbitMQ, send them tasks, show what arrives.
 demo:
 	bash scripts/ensure-rabbitmq.sh
-	$(GO) run ./examples/quickstart
+	GO="$(GO)" bash scripts/demo.sh
 
 ## bench: run the benchmarks (no tests).
 bench:

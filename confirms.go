@@ -47,6 +47,15 @@ type attempt struct {
 	deadline time.Time
 	state    attemptState
 	returned *ReturnedError
+	done     func(error) // the breaker's ticket; called once with the outcome
+}
+
+// report hands the attempt's outcome to the breaker, once.
+func (a *attempt) report(err error) {
+	if a.done != nil {
+		a.done(err)
+		a.done = nil
+	}
 }
 
 // session is one connection and its publishing channel: an epoch. Confirms
@@ -113,6 +122,10 @@ func (s *session) start() {
 	s.wg.Add(2)
 	go s.writer()
 	go s.tracker()
+	if s.p.cfg.healthInterval > 0 {
+		s.wg.Add(1)
+		go s.health()
+	}
 }
 
 // reserve takes an in-flight slot if the session is alive and has room.
@@ -133,21 +146,23 @@ func (s *session) release() {
 }
 
 // tryEnqueue reserves a slot and hands m to the writer in one step.
-func (s *session) tryEnqueue(m *message) bool {
+func (s *session) tryEnqueue(m *message, done func(error)) bool {
 	if !s.reserve() {
 		return false
 	}
-	s.enqueue(m)
+	s.enqueue(m, done)
 	return true
 }
 
-// enqueue hands m to the writer; the slot must have been reserved. If the
-// session died meanwhile, m goes back to the retry queue.
-func (s *session) enqueue(m *message) {
-	a := &attempt{m: m, deadline: time.Now().Add(s.p.cfg.confirmTimeout)}
+// enqueue hands m to the writer with its breaker ticket; the slot must have
+// been reserved. If the session died meanwhile, m goes back to the retry
+// queue.
+func (s *session) enqueue(m *message, done func(error)) {
+	a := &attempt{m: m, deadline: time.Now().Add(s.p.cfg.confirmTimeout), done: done}
 	s.mu.Lock()
 	if s.dead {
 		s.mu.Unlock()
+		a.report(errNotSent)
 		s.p.requeue(m, time.Now())
 		return
 	}
@@ -230,6 +245,7 @@ func (s *session) writer() {
 				}
 				m := a.m
 				n := m.sends.Add(1)
+				m.sentAt.Store(time.Now().UnixNano())
 				tag, err := s.ch.Publish(s.ctx, ex, m.typ.RoutingKey(), true, transport.Publishing{
 					ContentType: "application/json",
 					MessageID:   m.id,
@@ -285,12 +301,23 @@ func (s *session) tracker() {
 				break
 			}
 			s.inflight--
-			if a.state == attQueued {
+			switch {
+			case a.state == attQueued:
+				// Never written: the writer is stuck (back-pressure).
 				a.state = attDone
+				a.report(errNotSent)
 				requeue = append(requeue, a.m)
-			} else {
+			case s.blocked.Load():
+				// Held by the broker's flow control, not refused: no
+				// attempt is spent, and a late ack still counts.
 				a.state = attTimedOut
 				s.timedOut++
+				a.report(errNotSent)
+				requeue = append(requeue, a.m)
+			default:
+				a.state = attTimedOut
+				s.timedOut++
+				a.report(errConfirmTimeout)
 				failed = append(failed, a.m)
 			}
 		}
@@ -305,7 +332,7 @@ func (s *session) tracker() {
 			s.p.requeue(m, now)
 		}
 		for _, m := range failed {
-			s.p.metrics.timeouts.Add(1)
+			s.p.metrics.failures[failTimeout].Add(1)
 			s.p.failAttempt(m, errConfirmTimeout)
 		}
 		if len(requeue)+len(failed) > 0 {
@@ -374,17 +401,18 @@ func (s *session) onConfirm(c transport.Confirmation) {
 	if c.DeliveryTag == s.ackFloor+1 || c.Multiple && c.DeliveryTag > s.ackFloor {
 		s.ackFloor = c.DeliveryTag
 	}
-	type outcome struct {
+	type result struct {
 		m        *message
 		returned *ReturnedError
 		late     bool
+		done     func(error)
 	}
-	var oneOut [1]outcome
+	var oneOut [1]result
 	outs := oneOut[:0]
 	for _, a := range done {
-		outs = append(outs, outcome{a.m, a.returned, a.state == attTimedOut})
+		outs = append(outs, result{a.m, a.returned, a.state == attTimedOut, a.done})
 		a.state = attDone
-		a.m = nil
+		a.m, a.done = nil, nil
 	}
 	s.trimFifo()
 	s.mu.Unlock()
@@ -393,12 +421,21 @@ func (s *session) onConfirm(c transport.Confirmation) {
 	for _, o := range outs {
 		switch {
 		case !c.Ack:
-			p.metrics.nacked.Add(1)
+			p.metrics.failures[failNack].Add(1)
+			if o.done != nil {
+				o.done(errNacked)
+			}
 			p.failAttempt(o.m, errNacked)
 		case o.returned != nil:
-			p.metrics.returned.Add(1)
+			p.metrics.failures[failReturn].Add(1)
+			if o.done != nil {
+				o.done(o.returned)
+			}
 			p.failAttempt(o.m, o.returned)
 		default:
+			if o.done != nil {
+				o.done(nil)
+			}
 			if o.m.final.CompareAndSwap(0, finalConfirmed) {
 				if o.late {
 					p.cancelRetry(o.m)
@@ -441,8 +478,22 @@ func (s *session) teardown() {
 	s.mu.Lock()
 	s.dead = true
 	var back []*message
+	lost := false
 	for _, a := range s.fifo {
-		if a.state == attQueued || a.state == attSent {
+		switch a.state {
+		case attQueued:
+			a.report(errNotSent)
+			back = append(back, a.m)
+		case attSent:
+			s.p.metrics.failures[failConnLost].Add(1)
+			// One lost connection is one failure for the breaker, however
+			// many messages were in flight on it.
+			if !lost {
+				a.report(errConnLost)
+				lost = true
+			} else {
+				a.report(errNotSent)
+			}
 			back = append(back, a.m)
 		}
 		a.state = attDone

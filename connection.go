@@ -36,11 +36,15 @@ func (p *Producer) supervise() {
 		default:
 		}
 		raw := p.cfg.urls[next%len(p.cfg.urls)]
+		p.stmu.Lock()
+		p.url = redactURL(raw)
+		p.stmu.Unlock()
 		if p.ever {
 			p.metrics.reconnects.Add(1)
 		}
 		s, err := p.connect(raw)
 		if err != nil {
+			p.breaker.report(err)
 			p.noteError(raw, err)
 			next++
 			timer.Reset(bo.NextBackOff())

@@ -42,6 +42,22 @@
 // unconfirmed on a lost connection back in the retry queue. Time spent
 // disconnected costs a message no attempt.
 //
+// # Failures and flow control
+//
+// A circuit breaker ([WithCircuitBreaker]) opens after a run of consecutive
+// failures: nacks, unroutable returns, confirm timeouts, a connection lost
+// with messages in flight (one failure per connection), failed dials. While
+// it is open, a publish fails at once with [ErrCircuitOpen] and the retry
+// queue waits; after the cooldown one probe goes through, and its success
+// closes the breaker. A caller's cancelled ctx or an invalid task never
+// counts.
+//
+// Every health-check interval ([WithHealthCheckInterval]) the Producer makes a
+// real round trip to the broker; a failure forces a reconnect. When the
+// broker raises a memory or disk alarm (connection.blocked) the state becomes
+// [Blocked]: publishes go to the retry queue instead of waiting, and neither
+// the health check nor the breaker holds the alarm against the connection.
+//
 // # Shutdown
 //
 // [Producer.Close] works like [net/http.Server.Shutdown]: new publishes fail
@@ -51,10 +67,15 @@
 //
 // # Observability
 //
-// [Producer.Status] reports the connection state, reconnect attempts, retry
-// queue size and pending confirms, with URLs redacted. Logs go to the
-// [log/slog] logger given to [WithLogger] (discarded by default); passwords
-// never appear in logs, errors or status.
+// [Producer.Status] reports the connection state, reconnect attempts, breaker,
+// retry queue size and pending confirms, with URLs redacted. Prometheus
+// metrics are registered on the registerer given to [WithRegisterer] (never
+// the global one) and read at scrape time; [Producer.MetricsHandler],
+// [Producer.StatusHandler], [Producer.LivenessHandler] and
+// [Producer.ReadinessHandler] serve them, the status as JSON, and health
+// answers over HTTP. Logs go to the [log/slog] logger given to [WithLogger]
+// (discarded by default); passwords never appear in logs, errors, status or
+// metrics.
 //
 // # Testing
 //

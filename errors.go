@@ -23,6 +23,9 @@ var (
 	ErrInvalidTask = errors.New("mlproducer: invalid task")
 	// ErrInvalidOption is wrapped by every [*OptionError].
 	ErrInvalidOption = errors.New("mlproducer: invalid option")
+	// ErrNotReady is wrapped by every error of [Producer.Ready]: the Producer
+	// is not connected, the broker blocks it, or its breaker is open.
+	ErrNotReady = errors.New("mlproducer: not ready")
 )
 
 // InvalidTaskError says which field of a task was refused and why. It wraps

@@ -216,3 +216,55 @@ func TestRabbitMQUnroutableIsNotConfirmed(t *testing.T) {
 	assert.EqualValues(t, 312, ret.Code)
 	assert.Zero(t, p.Status().Confirmed)
 }
+
+// Real RabbitMQ: a memory alarm blocks publishers. The Producer moves to
+// Blocked (4), publishes return within their ctx as Queued (the first one,
+// already on the wire, as Pending), and once the alarm clears every one of
+// them is confirmed and found in the queue.
+func TestRabbitMQMemoryAlarmQueuesThenDrains(t *testing.T) {
+	url := rabbittest.Require(t)
+	rabbittest.PurgeQueues(t, url, taskQueues...)
+	var dl deadLetters
+	p, err := mlproducer.New(mlproducer.WithURLs(url), mlproducer.WithDeadLetter(dl.hook))
+	require.NoError(t, err)
+	defer closeProducer(t, p)
+	waitConnected(t, p)
+
+	clearAlarm := rabbittest.WithMemoryAlarm(t)
+	var ids []string
+	deadline := time.Now().Add(30 * time.Second)
+	for p.Status().ConnectionState != mlproducer.Blocked {
+		require.True(t, time.Now().Before(deadline), "never saw connection.blocked; state %v", p.Status().ConnectionState)
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		start := time.Now()
+		r, err := p.PublishEmbedding(ctx, "share-alarm", "text", mlproducer.EmbeddingOptions{})
+		elapsed := time.Since(start)
+		cancel()
+		require.NoError(t, err)
+		assert.Less(t, elapsed, 200*time.Millisecond+100*time.Millisecond, "returned within its ctx")
+		ids = append(ids, r.MessageID)
+	}
+	for i := 0; i < 20; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		r, err := p.PublishEmbedding(ctx, "share-alarm", "text", mlproducer.EmbeddingOptions{})
+		cancel()
+		require.NoError(t, err)
+		assert.Equal(t, mlproducer.Queued, r.State, "blocked: straight to the retry queue")
+		ids = append(ids, r.MessageID)
+	}
+	assert.Equal(t, mlproducer.Blocked, p.Status().ConnectionState)
+	assert.False(t, p.Status().CircuitBreakerOpen, "flow control is not a broker failure")
+
+	clearAlarm()
+	for p.Status().Confirmed < uint64(len(ids)) {
+		require.True(t, time.Now().Before(deadline.Add(30*time.Second)), "not drained: %+v", p.Status())
+		time.Sleep(50 * time.Millisecond)
+	}
+	assert.Equal(t, mlproducer.Connected, p.Status().ConnectionState)
+	require.NoError(t, closeProducer(t, p))
+	found := rabbittest.DrainIDs(t, url, "ml.embedding", time.Second)
+	for _, id := range ids {
+		assert.Positive(t, found[id], "message %s missing", id)
+	}
+	assert.Empty(t, dl.all())
+}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/mlproducer/mlproducer/transport"
 )
 
@@ -80,6 +82,7 @@ type config struct {
 	tlsConfig         *tls.Config
 	dialer            transport.Dialer
 	deadLetter        func(DeadLetter)
+	registerer        prometheus.Registerer
 	appID             string
 	connectionName    string
 	limits            taskLimits
@@ -282,6 +285,13 @@ func WithDialer(d transport.Dialer) Option { return func(c *config) { c.dialer =
 // long, and must not call the Producer. Default: none (dead letters are still
 // logged and counted).
 func WithDeadLetter(f func(DeadLetter)) Option { return func(c *config) { c.deadLetter = f } }
+
+// WithRegisterer registers the Producer's Prometheus metrics on r when [New]
+// runs, and unregisters them when [Producer.Close] finishes. Each metric
+// carries the constant label producer="<connection name>" ([WithConnectionName]),
+// so Producers registered on one registerer need distinct names. Default:
+// nothing is registered ([Producer.MetricsHandler] still serves them).
+func WithRegisterer(r prometheus.Registerer) Option { return func(c *config) { c.registerer = r } }
 
 // WithMaxContentBytes bounds the content of summarization and embedding tasks
 // and so the body size. Default 1 MiB.

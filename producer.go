@@ -11,6 +11,7 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/mlproducer/mlproducer/transport"
 )
@@ -98,11 +99,6 @@ func (m *message) signal(s DeliveryState) {
 	}
 }
 
-type counters struct {
-	accepted, confirmed, deadLettered, retried atomic.Uint64
-	nacked, returned, timeouts, reconnects     atomic.Uint64
-}
-
 // Producer publishes ML tasks to RabbitMQ. It is safe for concurrent use. Create
 // one with [New] and stop it with [Producer.Close].
 type Producer struct {
@@ -126,12 +122,15 @@ type Producer struct {
 	stop      chan struct{}
 	wg        sync.WaitGroup
 
-	stmu     sync.Mutex
-	state    ConnectionState
-	stateCh  chan struct{} // closed and replaced at every state change
-	lastErr  string
-	url      string
-	ever     bool
+	stmu      sync.Mutex
+	state     ConnectionState
+	stateCh   chan struct{} // closed and replaced at every state change
+	lastErr   string
+	url       string
+	ever      bool
+	collector prometheus.Collector
+	breaker   *breaker
+
 	closeMu  sync.Mutex
 	closed   bool
 	closeErr error
@@ -164,6 +163,13 @@ func New(opts ...Option) (*Producer, error) {
 	}
 	if p.dialer == nil {
 		p.dialer = transport.AMQP{ConfirmBuffer: cfg.maxInFlight + 1024}
+	}
+	p.breaker = newBreaker(p)
+	p.collector = newCollector(p)
+	if cfg.registerer != nil {
+		if err := cfg.registerer.Register(p.collector); err != nil {
+			return nil, fmt.Errorf("mlproducer: register metrics: %w (give each Producer on one registerer its own WithConnectionName)", err)
+		}
 	}
 	p.wg.Add(2)
 	go p.supervise()
@@ -199,16 +205,21 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 // hand-off.
 func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 	if err := p.cfg.limits.validateMessage(&msg); err != nil {
+		p.metrics.count(msg.Type, outInvalid)
+		return Receipt{}, err
+	}
+	done, err := p.begin(ctx, msg.Type)
+	if err != nil {
 		return Receipt{}, err
 	}
 	id := msg.ID
 	if id == "" {
-		var err error
 		if id, err = newMessageID(); err != nil {
+			p.abandon(done)
 			return Receipt{}, err
 		}
 	}
-	return p.submit(ctx, id, msg.Type, msg.Body, time.Now())
+	return p.submit(ctx, done, id, msg.Type, msg.Body, time.Now())
 }
 
 func newMessageID() (string, error) {
@@ -219,26 +230,51 @@ func newMessageID() (string, error) {
 	return u.String(), nil
 }
 
-func (p *Producer) submit(ctx context.Context, id string, typ TaskType, body []byte, created time.Time) (Receipt, error) {
+// begin admits one publish before any work is spent on it: ctx still live,
+// Producer open, breaker willing. It returns the breaker's ticket; the caller
+// must then call submit or abandon.
+func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error) {
 	if err := ctx.Err(); err != nil {
-		return Receipt{}, err
+		p.metrics.count(typ, outContextDone)
+		return nil, err
 	}
 	p.owned.Add(1)
 	if p.closing.Load() {
 		p.disown()
-		return Receipt{}, ErrClosed
+		p.metrics.count(typ, outClosed)
+		return nil, ErrClosed
 	}
+	done, err := p.breaker.allow()
+	if err != nil {
+		p.disown()
+		p.metrics.count(typ, outCircuitOpen)
+		return nil, err
+	}
+	return done, nil
+}
+
+// abandon undoes begin when the message could not be built.
+func (p *Producer) abandon(done func(error)) {
+	done(errNotSent)
+	p.disown()
+}
+
+// submit hands a begun message to the session, or to the retry queue, and
+// waits for its first outcome or ctx.
+func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time) (Receipt, error) {
 	m := &message{id: id, typ: typ, body: body, created: created, done: make(chan struct{}), heapIndex: -1}
 	s := p.liveSession()
-	if s == nil || !s.tryEnqueue(m) {
+	if s == nil || !s.tryEnqueue(m, done) {
+		done(errNotSent)
 		if !p.admit(m) {
 			p.disown()
+			p.metrics.count(typ, outQueueFull)
 			return Receipt{}, ErrRetryQueueFull
 		}
-		p.metrics.accepted.Add(1)
+		p.metrics.count(typ, outAccepted)
 		return Receipt{MessageID: id, State: Queued}, nil
 	}
-	p.metrics.accepted.Add(1)
+	p.metrics.count(typ, outAccepted)
 	select {
 	case <-m.done:
 		return Receipt{MessageID: id, State: DeliveryState(m.outcome.Load())}, nil
@@ -264,14 +300,17 @@ func (p *Producer) disown() {
 }
 
 func (p *Producer) confirmed(m *message) {
-	p.metrics.confirmed.Add(1)
+	p.metrics.count(m.typ, outConfirmed)
+	if at := m.sentAt.Load(); at != 0 {
+		p.metrics.observeLatency(time.Duration(time.Now().UnixNano() - at))
+	}
 	m.signal(Confirmed)
 	p.disown()
 }
 
 // deadLetter accounts for a message given up on and hands it to the hook.
 func (p *Producer) deadLetter(m *message, err error) {
-	p.metrics.deadLettered.Add(1)
+	p.metrics.count(m.typ, outDeadLettered)
 	p.log.Warn("mlproducer: message dead-lettered",
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
 		slog.Int("attempts", m.attempts), slog.Any("error", err))
@@ -369,6 +408,9 @@ drain:
 		p.deadLetter(m, err)
 	}
 	p.setState(Closed)
+	if p.cfg.registerer != nil {
+		p.cfg.registerer.Unregister(p.collector)
+	}
 	if left > 0 {
 		if cause == nil {
 			cause = errors.New("no connection")

@@ -12,15 +12,21 @@ import (
 // or the confirm timeout passed.
 func (p *Producer) PublishSummarization(ctx context.Context, shareID, content string, opts SummarizationOptions) (Receipt, error) {
 	if err := p.cfg.limits.validateSummarization(shareID, content, &opts); err != nil {
+		p.metrics.count(TaskSummarization, outInvalid)
+		return Receipt{}, err
+	}
+	done, err := p.begin(ctx, TaskSummarization)
+	if err != nil {
 		return Receipt{}, err
 	}
 	id, err := newMessageID()
 	if err != nil {
+		p.abandon(done)
 		return Receipt{}, err
 	}
 	now := time.Now()
 	body := appendSummarizationBody(make([]byte, 0, len(content)+256), id, now, shareID, content, &opts)
-	return p.submit(ctx, id, TaskSummarization, body, now)
+	return p.submit(ctx, done, id, TaskSummarization, body, now)
 }
 
 // PublishTranscription publishes a transcription task for the share shareID
@@ -28,28 +34,40 @@ func (p *Producer) PublishSummarization(ctx context.Context, shareID, content st
 // URL). It behaves as [Producer.PublishSummarization].
 func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL string, opts TranscriptionOptions) (Receipt, error) {
 	if err := p.cfg.limits.validateTranscription(shareID, mediaURL, &opts); err != nil {
+		p.metrics.count(TaskTranscription, outInvalid)
+		return Receipt{}, err
+	}
+	done, err := p.begin(ctx, TaskTranscription)
+	if err != nil {
 		return Receipt{}, err
 	}
 	id, err := newMessageID()
 	if err != nil {
+		p.abandon(done)
 		return Receipt{}, err
 	}
 	now := time.Now()
 	body := appendTranscriptionBody(make([]byte, 0, len(mediaURL)+256), id, now, shareID, mediaURL, &opts)
-	return p.submit(ctx, id, TaskTranscription, body, now)
+	return p.submit(ctx, done, id, TaskTranscription, body, now)
 }
 
 // PublishEmbedding publishes an embedding task for the share shareID with the
 // text content. It behaves as [Producer.PublishSummarization].
 func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string, opts EmbeddingOptions) (Receipt, error) {
 	if err := p.cfg.limits.validateEmbedding(shareID, content, &opts); err != nil {
+		p.metrics.count(TaskEmbedding, outInvalid)
+		return Receipt{}, err
+	}
+	done, err := p.begin(ctx, TaskEmbedding)
+	if err != nil {
 		return Receipt{}, err
 	}
 	id, err := newMessageID()
 	if err != nil {
+		p.abandon(done)
 		return Receipt{}, err
 	}
 	now := time.Now()
 	body := appendEmbeddingBody(make([]byte, 0, len(content)+256), id, now, shareID, content, &opts)
-	return p.submit(ctx, id, TaskEmbedding, body, now)
+	return p.submit(ctx, done, id, TaskEmbedding, body, now)
 }

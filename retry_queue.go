@@ -138,20 +138,40 @@ func (p *Producer) sendDue() time.Duration {
 			p.rmu.Unlock()
 			return d
 		}
+		if m.final.Load() != 0 {
+			p.retry.pop()
+			p.rmu.Unlock()
+			continue
+		}
+		// Wait out an open breaker rather than hammering the broker.
+		if d := p.breaker.waitOpen(); d > 0 {
+			p.rmu.Unlock()
+			return d
+		}
 		if !s.reserve() {
 			p.rmu.Unlock()
 			return 0
 		}
+		done, err := p.breaker.allow()
+		if err != nil {
+			// Half-open with its probe in flight: its outcome wakes us;
+			// look again soon in case it never reaches the broker.
+			p.rmu.Unlock()
+			s.release()
+			return halfOpenRecheck
+		}
 		p.retry.pop()
 		p.rmu.Unlock()
-		if m.final.Load() != 0 {
-			s.release()
-			continue
+		if m.sends.Load() > 0 {
+			p.metrics.retried.Add(1)
 		}
-		p.metrics.retried.Add(1)
-		s.enqueue(m)
+		s.enqueue(m, done)
 	}
 }
+
+// halfOpenRecheck is how often the retry loop looks at a half-open breaker
+// whose probe it does not own.
+const halfOpenRecheck = 50 * time.Millisecond
 
 // requeue puts an accepted message back in the retry queue without spending an
 // attempt (its connection died, or it never left). It never refuses.

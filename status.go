@@ -68,15 +68,16 @@ func (p *Producer) Status() Status {
 	st := Status{ConnectionState: p.state, URL: p.url, LastError: p.lastErr}
 	p.stmu.Unlock()
 	st.ReconnectAttempts = p.metrics.reconnects.Load()
+	st.CircuitBreakerOpen = p.breaker.open()
 	p.rmu.Lock()
 	st.RetryQueueSize = p.retry.len()
 	p.rmu.Unlock()
 	if s := p.sess.Load(); s != nil {
 		st.PendingConfirms = s.pendingCount()
 	}
-	st.Accepted = p.metrics.accepted.Load()
-	st.Confirmed = p.metrics.confirmed.Load()
-	st.DeadLettered = p.metrics.deadLettered.Load()
+	st.Accepted = p.metrics.total(outAccepted)
+	st.Confirmed = p.metrics.total(outConfirmed)
+	st.DeadLettered = p.metrics.total(outDeadLettered)
 	return st
 }
 

@@ -112,6 +112,7 @@ type Broker struct {
 	conns     map[*conn]struct{}
 
 	refuseAll error
+	chanErr   error
 	refuseURL map[string]error
 	hung      chan struct{} // non-nil while dials hang; closed to release them
 	dials     int
@@ -235,6 +236,15 @@ func (b *Broker) HangDials(hang bool) {
 		close(b.hung)
 		b.hung = nil
 	}
+}
+
+// FailChannels makes every Conn.Channel call fail with err until
+// FailChannels(nil), as a broker that has stopped answering would (a health
+// probe opens a channel). Live channels are not affected.
+func (b *Broker) FailChannels(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.chanErr = err
 }
 
 // Dials returns the number of Dial calls so far, successful or not.

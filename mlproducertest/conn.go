@@ -281,6 +281,9 @@ func (c *conn) Channel() (transport.Channel, error) {
 	if c.closed {
 		return nil, closedErr(c.err)
 	}
+	if c.b.chanErr != nil {
+		return nil, c.b.chanErr
+	}
 	ch := &channel{c: c, done: make(chan struct{}), above: map[uint64]struct{}{}}
 	c.chans = append(c.chans, ch)
 	return ch, nil

@@ -297,11 +297,13 @@ loop:
 // connection (connection.blocked). When the test ends, whether it passed or
 // not, the previous watermark is restored (0.4 if it could not be read or
 // was itself absurdly low) and the cleanup waits until the alarm is gone.
+// The returned clear does the same earlier, for a test that goes on after the
+// alarm; calling it more than once is harmless.
 //
 // It takes the exclusive broker lock until the test ends (see the package
 // documentation); the test must not run in parallel with other broker
 // tests of its package.
-func WithMemoryAlarm(t testing.TB) {
+func WithMemoryAlarm(t testing.TB) (clear func()) {
 	t.Helper()
 	acquire(t, true)
 
@@ -311,23 +313,28 @@ func WithMemoryAlarm(t testing.TB) {
 			restore = append([]string{"set_vm_memory_high_watermark"}, args...)
 		}
 	}
+	var once sync.Once
+	clear = func() {
+		once.Do(func() {
+			if out, err := ctl(restore...); err != nil {
+				t.Errorf("rabbittest: restoring the memory watermark: rabbitmqctl %s: %v\n%s",
+					strings.Join(restore, " "), err, out)
+				return
+			}
+			if err := waitAlarm(false); err != nil {
+				t.Errorf("rabbittest: %v", err)
+			}
+		})
+	}
 	// Registered before the watermark changes, so that a failure below
 	// still restores it.
-	t.Cleanup(func() {
-		if out, err := ctl(restore...); err != nil {
-			t.Errorf("rabbittest: restoring the memory watermark: rabbitmqctl %s: %v\n%s",
-				strings.Join(restore, " "), err, out)
-			return
-		}
-		if err := waitAlarm(false); err != nil {
-			t.Errorf("rabbittest: %v", err)
-		}
-	})
+	t.Cleanup(clear)
 
 	Ctl(t, "set_vm_memory_high_watermark", alarmWatermark)
 	if err := waitAlarm(true); err != nil {
 		t.Fatalf("rabbittest: %v", err)
 	}
+	return clear
 }
 
 // MemoryAlarm reports whether the broker has a memory alarm in effect.

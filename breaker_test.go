@@ -1,0 +1,212 @@
+package mlproducer_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/mlproducer/mlproducer"
+	"github.com/mlproducer/mlproducer/mlproducertest"
+)
+
+func publishOne(p *mlproducer.Producer) (mlproducer.Receipt, error) {
+	return p.PublishSummarization(context.Background(), "share-1", "text", mlproducer.SummarizationOptions{})
+}
+
+func TestBreakerOpensThenProbesThenCloses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		var dl deadLetters
+		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook), mlproducer.WithMaxRetries(0))
+		waitConnected(t, p)
+
+		// Ten consecutive nacks: the tenth opens the breaker (default threshold).
+		b.NackNext(10)
+		for i := 0; i < 10; i++ {
+			assert.False(t, p.Status().CircuitBreakerOpen, "still closed after %d failures", i)
+			_, err := publishOne(p)
+			require.NoError(t, err)
+		}
+		require.True(t, p.Status().CircuitBreakerOpen)
+		published := b.Published()
+
+		// Open: publishes fail fast and take nothing.
+		for i := 0; i < 5; i++ {
+			start := time.Now()
+			_, err := publishOne(p)
+			require.ErrorIs(t, err, mlproducer.ErrCircuitOpen)
+			assert.Zero(t, time.Since(start), "no waiting while open")
+		}
+		assert.Equal(t, published, b.Published())
+		assert.EqualValues(t, 10, p.Status().Accepted)
+
+		// Still open just before the cooldown (default 30 s) ends.
+		time.Sleep(30*time.Second - time.Millisecond)
+		_, err := publishOne(p)
+		require.ErrorIs(t, err, mlproducer.ErrCircuitOpen)
+		time.Sleep(2 * time.Millisecond)
+
+		// Half-open: exactly one probe goes through; others are refused
+		// while it is in flight.
+		b.HoldConfirms(true)
+		var wg sync.WaitGroup
+		var probe mlproducer.Receipt
+		var probeErr error
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			probe, probeErr = p.PublishSummarization(ctx, "share-1", "probe", mlproducer.SummarizationOptions{})
+		}()
+		synctest.Wait()
+		_, err = publishOne(p)
+		require.ErrorIs(t, err, mlproducer.ErrCircuitOpen, "one probe at a time")
+		b.HoldConfirms(false)
+		wg.Wait()
+		require.NoError(t, probeErr)
+		assert.Equal(t, mlproducer.Confirmed, probe.State)
+
+		// The probe's success closed the breaker.
+		assert.False(t, p.Status().CircuitBreakerOpen)
+		r, err := publishOne(p)
+		require.NoError(t, err)
+		assert.Equal(t, mlproducer.Confirmed, r.State)
+		require.NoError(t, closeProducer(t, p))
+		assert.Len(t, dl.all(), 10)
+	})
+}
+
+func TestBreakerFailedProbeReopens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		p := newFake(t, b, mlproducer.WithMaxRetries(0), mlproducer.WithCircuitBreaker(3, time.Minute))
+		waitConnected(t, p)
+		b.NackNext(4)
+		for i := 0; i < 3; i++ {
+			_, err := publishOne(p)
+			require.NoError(t, err)
+		}
+		require.True(t, p.Status().CircuitBreakerOpen)
+		time.Sleep(time.Minute + time.Millisecond)
+		_, err := publishOne(p) // the probe, nacked
+		require.NoError(t, err)
+		_, err = publishOne(p)
+		require.ErrorIs(t, err, mlproducer.ErrCircuitOpen, "a failed probe opens the breaker again")
+		time.Sleep(time.Minute + time.Millisecond)
+		r, err := publishOne(p)
+		require.NoError(t, err)
+		assert.Equal(t, mlproducer.Confirmed, r.State)
+		assert.False(t, p.Status().CircuitBreakerOpen)
+		require.NoError(t, closeProducer(t, p))
+	})
+}
+
+func TestBreakerIgnoresCallerMistakes(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		p := newFake(t, b, mlproducer.WithCircuitBreaker(2, time.Minute))
+		waitConnected(t, p)
+		cancelled, cancel := context.WithCancel(context.Background())
+		cancel()
+		for i := 0; i < 10; i++ {
+			_, err := p.PublishSummarization(context.Background(), "", "text", mlproducer.SummarizationOptions{})
+			require.ErrorIs(t, err, mlproducer.ErrInvalidTask)
+			_, err = p.PublishSummarization(cancelled, "s", "text", mlproducer.SummarizationOptions{})
+			require.ErrorIs(t, err, context.Canceled)
+		}
+		// Callers whose ctx ends while waiting for a confirm: not failures.
+		b.HoldConfirms(true)
+		for i := 0; i < 5; i++ {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+			r, err := p.PublishSummarization(ctx, "s", "text", mlproducer.SummarizationOptions{})
+			cancel()
+			require.NoError(t, err)
+			assert.Equal(t, mlproducer.Pending, r.State)
+		}
+		assert.False(t, p.Status().CircuitBreakerOpen)
+		b.HoldConfirms(false)
+		synctest.Wait()
+		assert.False(t, p.Status().CircuitBreakerOpen)
+		require.NoError(t, closeProducer(t, p))
+	})
+}
+
+func TestRetryQueueWaitsForBreaker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		var dl deadLetters
+		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook), mlproducer.WithMaxRetries(5),
+			mlproducer.WithCircuitBreaker(3, time.Minute))
+		waitConnected(t, p)
+		b.NackNext(3)
+		for i := 0; i < 3; i++ {
+			r, err := publishOne(p)
+			require.NoError(t, err)
+			assert.Equal(t, mlproducer.Queued, r.State)
+		}
+		require.True(t, p.Status().CircuitBreakerOpen)
+		sent := b.Published()
+		time.Sleep(59 * time.Second)
+		assert.Equal(t, sent, b.Published(), "nothing is sent while the breaker is open")
+		assert.Equal(t, 3, p.Status().RetryQueueSize)
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		assert.Len(t, b.MessageIDs("ml.summarization"), 3, "after the cooldown a probe succeeds and the queue drains")
+		assert.False(t, p.Status().CircuitBreakerOpen)
+		require.NoError(t, closeProducer(t, p))
+		assert.Empty(t, dl.all())
+	})
+}
+
+func TestBreakerCountsDialFailures(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		b.RefuseDials(errors.New("connection refused"))
+		p := newFake(t, b, mlproducer.WithCircuitBreaker(5, time.Hour))
+		for b.Dials() < 5 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		synctest.Wait()
+		assert.True(t, p.Status().CircuitBreakerOpen)
+		_, err := publishOne(p)
+		require.ErrorIs(t, err, mlproducer.ErrCircuitOpen)
+		require.NoError(t, closeProducer(t, p))
+	})
+}
+
+// BenchmarkPublishCircuitOpen measures a publish refused by an open breaker:
+// the price a caller pays to learn the broker is unavailable.
+func BenchmarkPublishCircuitOpen(b *testing.B) {
+	broker := mlproducertest.NewBroker()
+	defer broker.Close()
+	broker.RefuseDials(errors.New("connection refused"))
+	p, err := mlproducer.New(mlproducer.WithDialer(broker), mlproducer.WithCircuitBreaker(1, time.Hour),
+		mlproducer.WithReconnectBackoff(time.Millisecond, time.Millisecond))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close(context.Background())
+	for !p.Status().CircuitBreakerOpen {
+		time.Sleep(time.Millisecond)
+	}
+	ctx := context.Background()
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		if _, err := p.PublishSummarization(ctx, "share-1", "text", mlproducer.SummarizationOptions{}); !errors.Is(err, mlproducer.ErrCircuitOpen) {
+			b.Fatal(err)
+		}
+	}
+}

@@ -1,0 +1,186 @@
+// Command gateway is an HTTP service that publishes ML tasks with mlproducer,
+// as the API gateway of the service it replaces did (port 3001):
+//
+//	POST /api/ml/summarize          {"shareId": "...", "content": "...", "options": {"maxLength": 120, "language": "en", "style": "..."}}
+//	POST /api/ml/transcribe         {"shareId": "...", "mediaUrl": "https://...", "options": {"language": "en", "diarization": true, "maxSpeakers": 4}}
+//	POST /api/ml/embed              {"shareId": "...", "content": "...", "options": {"model": "...", "dimensions": 768}}
+//	GET  /api/ml/status             connection state, retry queue, pending confirms (JSON)
+//	GET  /api/ml/metrics/json       the same plus counters
+//	GET  /api/ml/metrics/prometheus Prometheus text format (alerts: alerts.yml)
+//	GET  /healthz, /readyz          liveness and readiness probes
+//
+// A publish answers 202 {"messageId", "state"} once the Producer owns the
+// task ("confirmed" by the broker, "pending" or "queued" for a retry); 400
+// {"error", "field"} for an invalid request; 503 with Retry-After when the
+// Producer sheds load (circuit open, retry queue full, shutting down); 504
+// when the task could not be handed over within 3 s. Nothing is sent after
+// an error, so a client can safely retry it.
+//
+// Configuration comes from the environment: the library's variables
+// (RABBITMQ_URL, RABBITMQ_HEARTBEAT, RABBITMQ_CONNECTION_TIMEOUT,
+// ML_MAX_MESSAGE_RETRIES, ML_CIRCUIT_BREAKER_THRESHOLD,
+// ML_CIRCUIT_BREAKER_COOLDOWN) and:
+//
+//	HTTP_ADDR       listen address (default ":3001")
+//	LOG_FORMAT      "text" (default) or "json"
+//	LOG_LEVEL       debug, info (default), warn, error
+//	SHUTDOWN_DELAY  time between SIGTERM and closing the listener, while
+//	                /readyz already fails (default 0s; e.g. 5s behind a load balancer)
+//
+// On SIGTERM or SIGINT it stops accepting requests and waits up to 10 s for
+// those in progress, then closes the Producer, giving the tasks it still
+// holds up to 10 s to be confirmed. It exits 0 when every accepted task was
+// confirmed, 1 otherwise (the rest were logged as dead letters), 2 on a
+// configuration error.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mlproducer/mlproducer"
+)
+
+const (
+	defaultAddr     = ":3001"
+	shutdownTimeout = 10 * time.Second // for requests in progress
+	closeTimeout    = 10 * time.Second // for the Producer's unconfirmed tasks
+)
+
+func main() { os.Exit(run()) }
+
+func run() int {
+	logger, err := newLogger(os.Getenv("LOG_FORMAT"), os.Getenv("LOG_LEVEL"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "gateway:", err)
+		return 2
+	}
+	addr := os.Getenv("HTTP_ADDR")
+	if addr == "" {
+		addr = defaultAddr
+	}
+	var delay time.Duration
+	if v := os.Getenv("SHUTDOWN_DELAY"); v != "" {
+		if delay, err = time.ParseDuration(v); err != nil || delay < 0 {
+			logger.Error("invalid SHUTDOWN_DELAY; want a duration such as 5s", slog.String("value", v))
+			return 2
+		}
+	}
+
+	opts, err := mlproducer.OptionsFromEnv()
+	if err != nil {
+		logger.Error("invalid configuration", slog.Any("error", err))
+		return 2
+	}
+	p, err := mlproducer.New(append(opts,
+		mlproducer.WithLogger(logger.With(slog.String("component", "mlproducer"))),
+		mlproducer.WithConnectionName("ml-gateway"),
+		mlproducer.WithDeadLetter(func(dl mlproducer.DeadLetter) {
+			// A real service would store these for replay; the library has
+			// already logged and counted them.
+			logger.Error("task dead-lettered", slog.String("messageId", dl.Message.ID),
+				slog.String("type", string(dl.Message.Type)), slog.Int("attempts", dl.Attempts),
+				slog.Any("error", dl.Err))
+		}),
+	)...)
+	if err != nil {
+		logger.Error("invalid configuration", slog.Any("error", err))
+		return 2
+	}
+	// The Producer connects in the background; until it does, tasks wait in
+	// its retry queue and /readyz answers 503.
+
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		logger.Error("cannot listen", slog.String("addr", addr), slog.Any("error", err))
+		closeProducer(logger, p)
+		return 1
+	}
+	g := newGateway(p, logger, publishTimeout)
+	srv := &http.Server{
+		Handler:           g,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	logger.Info("gateway listening", slog.String("addr", ln.Addr().String()))
+
+	code := 0
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down", slog.Duration("delay", delay))
+	case err := <-served:
+		logger.Error("server failed", slog.Any("error", err))
+		code = 1
+	}
+	stop() // a second signal now kills the process
+
+	// 1. Stop taking requests: fail readiness, wait for the load balancer
+	//    to notice, then close the listener and let requests in progress end.
+	g.drain()
+	time.Sleep(delay)
+	shutCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	if err := srv.Shutdown(shutCtx); err != nil {
+		logger.Warn("requests still in progress at shutdown", slog.Any("error", err))
+		_ = srv.Close()
+	}
+	cancel()
+	if err := <-served; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Error("server failed", slog.Any("error", err))
+		code = 1
+	}
+
+	// 2. Then close the Producer: every task it accepted gets until the
+	//    deadline to be confirmed.
+	if !closeProducer(logger, p) {
+		code = 1
+	}
+	logger.Info("gateway stopped", slog.Int("exitCode", code))
+	return code
+}
+
+// closeProducer closes p and reports whether every accepted task was
+// confirmed.
+func closeProducer(logger *slog.Logger, p *mlproducer.Producer) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		logger.Error("producer closed with undelivered tasks", slog.Any("error", err))
+		return false
+	}
+	return true
+}
+
+func newLogger(format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if level != "" {
+		if err := lvl.UnmarshalText([]byte(level)); err != nil {
+			return nil, fmt.Errorf("invalid LOG_LEVEL %q: want debug, info, warn or error", level)
+		}
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch strings.ToLower(format) {
+	case "", "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("invalid LOG_FORMAT %q: want text or json", format)
+}

@@ -1,0 +1,65 @@
+package mlproducer
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+var errProbeTimeout = errors.New("mlproducer: health probe got no answer in time")
+
+// health checks the session every health-check interval with a real round
+// trip to the broker (opening and closing a channel); a failure or no answer
+// in time ends the session, so the supervisor reconnects. Heartbeats catch a
+// dead TCP peer; this catches a broker that answers heartbeats but not
+// requests. It stays quiet while the broker blocks the connection, since a
+// blocked connection is not read and the probe could only time out.
+func (s *session) health() {
+	defer s.wg.Done()
+	interval := s.p.cfg.healthInterval
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.blocked.Load() {
+			continue
+		}
+		if err := s.probe(min(interval, s.p.cfg.connectionTimeout)); err != nil {
+			s.p.log.Warn("mlproducer: health check failed; reconnecting",
+				slog.String("url", s.url), slog.String("error", err.Error()))
+			s.fail(fmt.Errorf("health check: %w", err))
+			return
+		}
+	}
+}
+
+// probe makes one round trip. The call runs on its own goroutine because the
+// transport's Channel takes no context; teardown closes the connection, which
+// ends a call that never got its answer.
+func (s *session) probe(timeout time.Duration) error {
+	res := make(chan error, 1)
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		ch, err := s.conn.Channel()
+		if err == nil {
+			err = ch.Close()
+		}
+		res <- err
+	}()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case err := <-res:
+		return err
+	case <-timer.C:
+		return errProbeTimeout
+	case <-s.ctx.Done():
+		return nil
+	}
+}
