@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -30,7 +31,7 @@ const closeTimeout = 2 * time.Second
 func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
 	var (
 		mu  sync.Mutex
-		raw net.Conn
+		raw *watchedConn
 	)
 	acfg := amqp.Config{
 		Heartbeat:       cfg.Heartbeat,
@@ -51,10 +52,11 @@ func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
 					return nil, err
 				}
 			}
+			wc := newWatchedConn(c)
 			mu.Lock()
-			raw = c
+			raw = wc
 			mu.Unlock()
-			return c, nil
+			return wc, nil
 		},
 	}
 	if cfg.ConnectionName != "" {
@@ -85,13 +87,73 @@ func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
 	}
 	closes := ac.NotifyClose(make(chan *amqp.Error, 1))
 	blocks := ac.NotifyBlocked(make(chan amqp.Blocking, 8))
-	go watchConn(closes, blocks, cfg)
+	if cfg.Heartbeat > 0 {
+		go raw.watch(cfg.Heartbeat)
+	}
+	go watchConn(closes, blocks, cfg, raw)
 	return c, nil
+}
+
+// watchedConn records when the broker last sent anything. RabbitMQ sends a
+// heartbeat every half interval on an idle connection, so silence for two
+// intervals means the peer or the path is gone (a black hole: no FIN, no
+// RST). amqp091-go only notices after three intervals; watch closes the
+// socket after two, which ends the connection with [ErrMissedHeartbeats].
+type watchedConn struct {
+	net.Conn
+	lastRead atomic.Int64 // unix nanos
+	stalled  atomic.Bool
+	done     chan struct{}
+	doneOnce sync.Once
+}
+
+// ErrMissedHeartbeats ends a connection on which the broker sent nothing,
+// not even a heartbeat, for two heartbeat intervals.
+var ErrMissedHeartbeats = errors.New("transport: no data from the broker for two heartbeat intervals; connection presumed dead")
+
+func newWatchedConn(c net.Conn) *watchedConn {
+	w := &watchedConn{Conn: c, done: make(chan struct{})}
+	w.lastRead.Store(time.Now().UnixNano())
+	return w
+}
+
+func (w *watchedConn) Read(b []byte) (int, error) {
+	n, err := w.Conn.Read(b)
+	if n > 0 {
+		w.lastRead.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+func (w *watchedConn) Close() error {
+	w.doneOnce.Do(func() { close(w.done) })
+	return w.Conn.Close()
+}
+
+// watch closes the connection once the broker has been silent for two
+// heartbeat intervals. It checks every quarter interval, so the silence is
+// noticed at most two intervals after the last byte arrived.
+func (w *watchedConn) watch(heartbeat time.Duration) {
+	limit := 2*heartbeat - heartbeat/4
+	t := time.NewTicker(heartbeat / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.done:
+			return
+		case now := <-t.C:
+			if now.Sub(time.Unix(0, w.lastRead.Load())) > limit {
+				w.stalled.Store(true)
+				w.Close()
+				return
+			}
+		}
+	}
 }
 
 // watchConn forwards connection events until amqp091-go closes its notify
 // channels, which it does when the connection shuts down.
-func watchConn(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking, cfg Config) {
+func watchConn(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking, cfg Config, raw *watchedConn) {
 	for {
 		select {
 		case b, ok := <-blocks:
@@ -110,10 +172,15 @@ func watchConn(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking, cfg Confi
 					}
 				}()
 			}
+			// The socket is done with either way: stop the heartbeat watch.
+			raw.doneOnce.Do(func() { close(raw.done) })
 			if cfg.OnClosed != nil {
-				if ok && e != nil {
+				switch {
+				case raw.stalled.Load():
+					cfg.OnClosed(ErrMissedHeartbeats)
+				case ok && e != nil:
 					cfg.OnClosed(e)
-				} else {
+				default:
 					cfg.OnClosed(nil)
 				}
 			}
@@ -124,7 +191,7 @@ func watchConn(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking, cfg Confi
 
 type amqpConn struct {
 	c             *amqp.Connection
-	raw           net.Conn
+	raw           *watchedConn
 	confirmBuffer int
 	closeOnce     sync.Once
 }
