@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,7 +80,7 @@ type session struct {
 	queue       []*attempt // handed off, not yet written, in order
 	spare       []*attempt
 	pending     map[uint64]*attempt
-	fifo        []*attempt // queued and sent attempts by deadline
+	fifo        fifo // queued and sent attempts by deadline
 	nextTag     uint64
 	ackFloor    uint64 // every tag up to it is resolved
 	inflight    int    // slots reserved: queued + sent
@@ -158,7 +159,15 @@ func (s *session) tryEnqueue(m *message, done func(error)) bool {
 // been reserved. If the session died meanwhile, m goes back to the retry
 // queue.
 func (s *session) enqueue(m *message, done func(error)) {
-	a := &attempt{m: m, deadline: time.Now().Add(s.p.cfg.confirmTimeout), done: done}
+	var a *attempt
+	if !m.firstUsed {
+		// Most messages are sent once: their attempt lives in the message.
+		m.firstUsed = true
+		a = &m.first
+	} else {
+		a = new(attempt)
+	}
+	*a = attempt{m: m, deadline: time.Now().Add(s.p.cfg.confirmTimeout), done: done}
 	s.mu.Lock()
 	if s.dead {
 		s.mu.Unlock()
@@ -167,7 +176,7 @@ func (s *session) enqueue(m *message, done func(error)) {
 		return
 	}
 	s.queue = append(s.queue, a)
-	s.fifo = append(s.fifo, a)
+	s.fifo.push(a)
 	idle := s.trackerIdle
 	s.trackerIdle = false
 	s.mu.Unlock()
@@ -181,17 +190,8 @@ func (s *session) enqueue(m *message, done func(error)) {
 // confirmed messages are not kept alive until the tracker's next run. Call
 // with s.mu held.
 func (s *session) trimFifo() {
-	i := 0
-	for i < len(s.fifo) && s.fifo[i].state != attQueued && s.fifo[i].state != attSent {
-		i++
-	}
-	if i == 0 {
-		return
-	}
-	clear(s.fifo[:i])
-	s.fifo = s.fifo[i:]
-	if len(s.fifo) == 0 {
-		s.fifo = s.fifo[:0:0]
+	for a := s.fifo.peek(); a != nil && a.state != attQueued && a.state != attSent; a = s.fifo.peek() {
+		s.fifo.pop()
 	}
 }
 
@@ -213,6 +213,9 @@ func (s *session) writer() {
 			return
 		case <-s.writeWake:
 		}
+		// Callers woken by the same burst of confirms are usually runnable
+		// now: let them hand their messages over so they share one write.
+		runtime.Gosched()
 		for {
 			s.mu.Lock()
 			if s.dead {
@@ -238,6 +241,12 @@ func (s *session) writer() {
 			if len(batch) == 0 {
 				break
 			}
+			batcher, _ := s.ch.(transport.Batcher)
+			if batcher != nil && len(batch) > 1 {
+				batcher.BeginBatch()
+			} else {
+				batcher = nil
+			}
 			for i, a := range batch {
 				batch[i] = nil
 				if a.tag == 0 {
@@ -253,15 +262,23 @@ func (s *session) writer() {
 					Type:        string(m.typ),
 					AppID:       s.p.cfg.appID,
 					Persistent:  true,
-					Headers:     transport.Table{AttemptHeader: n},
+					Headers:     s.p.attemptHeaders(n),
 					Body:        m.body,
 				})
+				if err == nil && tag != a.tag {
+					err = fmt.Errorf("mlproducer: delivery tag %d from the channel, %d expected", tag, a.tag)
+				}
 				if err != nil {
+					if batcher != nil {
+						batcher.EndBatch()
+					}
 					s.fail(fmt.Errorf("publish: %w", err))
 					return
 				}
-				if tag != a.tag {
-					s.fail(fmt.Errorf("mlproducer: delivery tag %d from the channel, %d expected", tag, a.tag))
+			}
+			if batcher != nil {
+				if err := batcher.EndBatch(); err != nil {
+					s.fail(fmt.Errorf("publish: %w", err))
 					return
 				}
 			}
@@ -290,16 +307,16 @@ func (s *session) tracker() {
 			return
 		}
 		var wait time.Duration
-		i := 0
-		for ; i < len(s.fifo); i++ {
-			a := s.fifo[i]
+		for a := s.fifo.peek(); a != nil; a = s.fifo.peek() {
 			if a.state != attQueued && a.state != attSent {
+				s.fifo.pop()
 				continue
 			}
 			if d := a.deadline.Sub(now); d > 0 {
 				wait = d
 				break
 			}
+			s.fifo.pop()
 			s.inflight--
 			switch {
 			case a.state == attQueued:
@@ -321,8 +338,6 @@ func (s *session) tracker() {
 				failed = append(failed, a.m)
 			}
 		}
-		clear(s.fifo[:i])
-		s.fifo = s.fifo[i:]
 		s.trimFifo()
 		s.trackerIdle = wait == 0
 		tooMany := s.timedOut > s.p.cfg.maxInFlight
@@ -457,7 +472,7 @@ func (s *session) onReturn(r transport.Return) {
 	}
 	defer s.cbs.Done()
 	defer s.mu.Unlock()
-	for _, a := range s.fifo {
+	for _, a := range s.fifo.live() {
 		if a.state == attSent && a.m.id == r.MessageID && a.returned == nil {
 			a.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
 			return
@@ -479,7 +494,7 @@ func (s *session) teardown() {
 	s.dead = true
 	var back []*message
 	lost := false
-	for _, a := range s.fifo {
+	for _, a := range s.fifo.live() {
 		switch a.state {
 		case attQueued:
 			a.report(errNotSent)
@@ -498,7 +513,7 @@ func (s *session) teardown() {
 		}
 		a.state = attDone
 	}
-	s.fifo, s.queue, s.pending = nil, nil, nil
+	s.fifo, s.queue, s.pending = fifo{}, nil, nil
 	s.inflight = 0
 	s.mu.Unlock()
 
@@ -521,3 +536,37 @@ func (s *session) pendingCount() int {
 	defer s.mu.Unlock()
 	return s.inflight
 }
+
+// fifo is a queue of attempts that reuses its array: popping advances a head
+// index, and the live part moves down once the dead part is the larger.
+type fifo struct {
+	buf  []*attempt
+	head int
+}
+
+func (q *fifo) push(a *attempt) {
+	if q.head > 0 && q.head >= len(q.buf)-q.head && len(q.buf) == cap(q.buf) {
+		n := copy(q.buf, q.buf[q.head:])
+		clear(q.buf[n:])
+		q.buf, q.head = q.buf[:n], 0
+	}
+	q.buf = append(q.buf, a)
+}
+
+func (q *fifo) peek() *attempt {
+	if q.head == len(q.buf) {
+		return nil
+	}
+	return q.buf[q.head]
+}
+
+func (q *fifo) pop() {
+	q.buf[q.head] = nil
+	q.head++
+	if q.head == len(q.buf) {
+		q.buf, q.head = q.buf[:0], 0
+	}
+}
+
+// live returns the attempts not yet popped, oldest first.
+func (q *fifo) live() []*attempt { return q.buf[q.head:] }

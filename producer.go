@@ -81,6 +81,12 @@ type message struct {
 	sends    atomic.Int32
 	sentAt   atomic.Int64 // unix nanos of the last send, for latency
 
+	// first is the attempt of the first hand-off, kept here to save an
+	// allocation per message; firstUsed is touched only by the goroutine
+	// handing the message off, one at a time.
+	first     attempt
+	firstUsed bool
+
 	// Guarded by Producer.rmu.
 	attempts  int
 	lastErr   error
@@ -130,6 +136,7 @@ type Producer struct {
 	ever      bool
 	collector prometheus.Collector
 	breaker   *breaker
+	headers   [8]transport.Table // read-only attempt headers for attempts 1..8
 
 	closeMu  sync.Mutex
 	closed   bool
@@ -164,6 +171,9 @@ func New(opts ...Option) (*Producer, error) {
 	if p.dialer == nil {
 		p.dialer = transport.AMQP{ConfirmBuffer: cfg.maxInFlight + 1024}
 	}
+	for i := range p.headers {
+		p.headers[i] = transport.Table{AttemptHeader: int32(i + 1)}
+	}
 	p.breaker = newBreaker(p)
 	p.collector = newCollector(p)
 	if cfg.registerer != nil {
@@ -178,6 +188,15 @@ func New(opts ...Option) (*Producer, error) {
 }
 
 func (p *Producer) nextSeq() uint64 { p.seq++; return p.seq }
+
+// attemptHeaders returns the headers of attempt n. The tables of the first
+// attempts are built once and shared: the transport only reads them.
+func (p *Producer) attemptHeaders(n int32) transport.Table {
+	if n >= 1 && int(n) <= len(p.headers) {
+		return p.headers[n-1]
+	}
+	return transport.Table{AttemptHeader: n}
+}
 
 func (p *Producer) newRetryBackoff() backoff.BackOff {
 	b := backoff.NewExponentialBackOff(

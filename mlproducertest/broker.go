@@ -112,6 +112,7 @@ type Broker struct {
 	conns     map[*conn]struct{}
 
 	refuseAll error
+	routeBuf  []*queue // scratch for route, guarded by mu
 	chanErr   error
 	refuseURL map[string]error
 	hung      chan struct{} // non-nil while dials hang; closed to release them
@@ -468,14 +469,16 @@ func (b *Broker) chance(rate float64) bool {
 }
 
 // route returns the queues a publishing reaches (ex nil: default exchange).
+// The result reuses b.routeBuf: use it before the lock is released.
 func (b *Broker) route(ex *exchange, key string) []*queue {
+	out := b.routeBuf[:0]
+	defer func() { b.routeBuf = out[:0] }()
 	if ex == nil {
 		if q := b.queues[key]; q != nil {
-			return []*queue{q}
+			out = append(out, q)
 		}
-		return nil
+		return out
 	}
-	var out []*queue
 	for _, bd := range ex.bindings {
 		q := b.queues[bd.queue]
 		if q == nil || slices.Contains(out, q) {

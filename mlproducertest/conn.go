@@ -416,13 +416,8 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 	}
 	b.published++
 	queues := b.route(ex, key)
-	store := func() {
-		for _, q := range queues {
-			q.msgs = append(q.msgs, copyDelivery(Delivery{Exchange: exName, RoutingKey: key, Publishing: msg}))
-		}
-	}
 	if !ch.confirm {
-		store()
+		storeLocked(queues, exName, key, &msg)
 		return 0, nil
 	}
 	ch.tag++
@@ -439,7 +434,7 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 			ReplyCode: 312, ReplyText: "NO_ROUTE", Exchange: exName, RoutingKey: key, MessageID: msg.MessageID,
 		}})
 	default:
-		store()
+		storeLocked(queues, exName, key, &msg)
 		lost = b.chance(f.LoseConfirmRate)
 	}
 	if !lost {
@@ -460,4 +455,11 @@ func (ch *channel) Close() error {
 	defer b.mu.Unlock()
 	ch.closeLocked(nil, time.Now())
 	return nil
+}
+
+// storeLocked puts a copy of msg in each queue. Called with the broker's lock held.
+func storeLocked(queues []*queue, exName, key string, msg *transport.Publishing) {
+	for _, q := range queues {
+		q.msgs = append(q.msgs, copyDelivery(Delivery{Exchange: exName, RoutingKey: key, Publishing: *msg}))
+	}
 }

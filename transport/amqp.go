@@ -99,12 +99,66 @@ func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
 // intervals means the peer or the path is gone (a black hole: no FIN, no
 // RST). amqp091-go only notices after three intervals; watch closes the
 // socket after two, which ends the connection with [ErrMissedHeartbeats].
+//
+// It also coalesces writes: between cork and uncork, the frames amqp091-go
+// flushes one publishing at a time are gathered and written together, so a
+// batch of publishings costs one system call instead of one each.
 type watchedConn struct {
 	net.Conn
 	lastRead atomic.Int64 // unix nanos
 	stalled  atomic.Bool
 	done     chan struct{}
 	doneOnce sync.Once
+
+	wmu    sync.Mutex // orders writes; held across a write to the socket
+	corked bool
+	buf    []byte
+}
+
+// corkLimit bounds what a corked connection holds before it writes anyway.
+const corkLimit = 256 << 10
+
+func (w *watchedConn) Write(b []byte) (int, error) {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	if w.corked {
+		if len(w.buf)+len(b) > corkLimit {
+			if err := w.flushLocked(); err != nil {
+				return 0, err
+			}
+		}
+		if len(b) <= corkLimit {
+			w.buf = append(w.buf, b...)
+			return len(b), nil
+		}
+	}
+	return w.Conn.Write(b)
+}
+
+func (w *watchedConn) flushLocked() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	_, err := w.Conn.Write(w.buf)
+	if cap(w.buf) > 4*corkLimit {
+		w.buf = nil
+	} else {
+		w.buf = w.buf[:0]
+	}
+	return err
+}
+
+func (w *watchedConn) cork() {
+	w.wmu.Lock()
+	w.corked = true
+	w.wmu.Unlock()
+}
+
+func (w *watchedConn) uncork() error {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	w.corked = false
+	return w.flushLocked()
 }
 
 // ErrMissedHeartbeats ends a connection on which the broker sent nothing,
@@ -201,7 +255,7 @@ func (c *amqpConn) Channel() (Channel, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &amqpChannel{ch: ch, confirmBuffer: c.confirmBuffer}, nil
+	return &amqpChannel{ch: ch, raw: c.raw, confirmBuffer: c.confirmBuffer}, nil
 }
 
 func (c *amqpConn) Close() error {
@@ -220,8 +274,15 @@ func (c *amqpConn) Close() error {
 
 type amqpChannel struct {
 	ch            *amqp.Channel
+	raw           *watchedConn
 	confirmBuffer int
 }
+
+// BeginBatch implements [Batcher].
+func (c *amqpChannel) BeginBatch() { c.raw.cork() }
+
+// EndBatch implements [Batcher].
+func (c *amqpChannel) EndBatch() error { return c.raw.uncork() }
 
 func (c *amqpChannel) ExchangeDeclare(name, kind string, durable bool, args Table) error {
 	return c.ch.ExchangeDeclare(name, kind, durable, false, false, false, amqp.Table(args))

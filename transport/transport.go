@@ -79,6 +79,17 @@ type Channel interface {
 	Close() error
 }
 
+// Batcher is implemented by a [Channel] that can coalesce the publishings
+// made between BeginBatch and EndBatch into fewer socket writes. Writes made
+// meanwhile by other users of the connection are held too, so a batch must be
+// short: publish what is ready, then end it.
+type Batcher interface {
+	// BeginBatch starts holding writes.
+	BeginBatch()
+	// EndBatch writes what was held and stops holding.
+	EndBatch() error
+}
+
 // ChannelEvents receives the asynchronous events of a channel in confirm mode.
 // Every function must be set and must not block.
 type ChannelEvents struct {
