@@ -258,7 +258,7 @@ func (s *session) writer() {
 				tag, err := s.ch.Publish(s.ctx, ex, m.typ.RoutingKey(), true, transport.Publishing{
 					ContentType: "application/json",
 					MessageID:   m.id,
-					Timestamp:   m.created,
+					Timestamp:   time.Unix(0, m.created),
 					Type:        string(m.typ),
 					AppID:       s.p.cfg.appID,
 					Persistent:  true,

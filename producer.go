@@ -72,7 +72,7 @@ type message struct {
 	id      string
 	typ     TaskType
 	body    []byte
-	created time.Time
+	created int64 // unix nanos
 
 	final    atomic.Uint32 // 0 live, finalConfirmed or finalDead
 	notified atomic.Bool
@@ -90,7 +90,7 @@ type message struct {
 	// Guarded by Producer.rmu.
 	attempts  int
 	lastErr   error
-	due       time.Time
+	due       int64 // unix nanos
 	seq       uint64
 	heapIndex int
 	backoff   backoff.BackOff
@@ -101,7 +101,9 @@ type message struct {
 func (m *message) signal(s DeliveryState) {
 	if m.notified.CompareAndSwap(false, true) {
 		m.outcome.Store(uint32(s))
-		close(m.done)
+		if m.done != nil {
+			close(m.done)
+		}
 	}
 }
 
@@ -281,8 +283,13 @@ func (p *Producer) abandon(done func(error)) {
 // submit hands a begun message to the session, or to the retry queue, and
 // waits for its first outcome or ctx.
 func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time) (Receipt, error) {
-	m := &message{id: id, typ: typ, body: body, created: created, done: make(chan struct{}), heapIndex: -1}
+	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1}
 	s := p.liveSession()
+	if s != nil {
+		// Only a caller that may wait needs the channel; a message that
+		// goes straight to the retry queue is kept without it.
+		m.done = make(chan struct{})
+	}
 	if s == nil || !s.tryEnqueue(m, done) {
 		done(errNotSent)
 		if !p.admit(m) {

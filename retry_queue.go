@@ -69,10 +69,10 @@ type msgHeap []*message
 
 func (h msgHeap) Len() int { return len(h) }
 func (h msgHeap) Less(i, j int) bool {
-	if h[i].due.Equal(h[j].due) {
+	if h[i].due == h[j].due {
 		return h[i].seq < h[j].seq
 	}
-	return h[i].due.Before(h[j].due)
+	return h[i].due < h[j].due
 }
 func (h msgHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
@@ -134,7 +134,7 @@ func (p *Producer) sendDue() time.Duration {
 			return 0
 		}
 		now := time.Now()
-		if d := m.due.Sub(now); d > 0 {
+		if d := time.Duration(m.due - now.UnixNano()); d > 0 {
 			p.rmu.Unlock()
 			return d
 		}
@@ -178,7 +178,7 @@ const halfOpenRecheck = 50 * time.Millisecond
 func (p *Producer) requeue(m *message, due time.Time) {
 	p.rmu.Lock()
 	if m.final.Load() == 0 && m.heapIndex < 0 {
-		m.due = due
+		m.due = due.UnixNano()
 		m.seq = p.nextSeq()
 		p.retry.push(m)
 	}
@@ -209,7 +209,7 @@ func (p *Producer) failAttempt(m *message, err error) {
 		p.wakeRetry()
 		return
 	}
-	m.due = time.Now().Add(p.backoffFor(m))
+	m.due = time.Now().Add(p.backoffFor(m)).UnixNano()
 	m.seq = p.nextSeq()
 	p.retry.push(m)
 	p.rmu.Unlock()
@@ -233,7 +233,7 @@ func (p *Producer) admit(m *message) bool {
 		p.rmu.Unlock()
 		return false
 	}
-	m.due = time.Now()
+	m.due = time.Now().UnixNano()
 	m.seq = p.nextSeq()
 	p.retry.push(m)
 	p.rmu.Unlock()
