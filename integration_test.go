@@ -60,6 +60,10 @@ func TestRabbitMQForcedClosesLoseNothing(t *testing.T) {
 		wg         sync.WaitGroup
 	)
 	const goroutines, atLeast = 64, 10_000
+	// Even when a step below fails the test, stop the publishers and the
+	// Producer before the next test runs.
+	defer closeProducer(t, p)
+	defer func() { closesDone.Store(true); wg.Wait() }()
 	for g := 0; g < goroutines; g++ {
 		wg.Add(1)
 		go func() {

@@ -35,7 +35,9 @@ func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
 	)
 	acfg := amqp.Config{
 		Heartbeat:       cfg.Heartbeat,
-		TLSClientConfig: cfg.TLS,
+		// amqp091-go writes ServerName into the config it is given: a
+		// copy keeps the caller's intact and each URL's name its own.
+		TLSClientConfig: cfg.TLS.Clone(),
 		Properties:      amqp.NewConnectionProperties(),
 		Locale:          "en_US",
 		Dial: func(network, addr string) (net.Conn, error) {
@@ -97,8 +99,10 @@ func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
 // watchedConn records when the broker last sent anything. RabbitMQ sends a
 // heartbeat every half interval on an idle connection, so silence for two
 // intervals means the peer or the path is gone (a black hole: no FIN, no
-// RST). amqp091-go only notices after three intervals; watch closes the
-// socket after two, which ends the connection with [ErrMissedHeartbeats].
+// RST). amqp091-go's heartbeater usually notices first (its read deadline is
+// one and a half intervals once a frame has arrived); watch is the bound that
+// holds whatever amqp091-go does: it closes the socket after two silent
+// intervals, which ends the connection with [ErrMissedHeartbeats].
 //
 // It also coalesces writes: between cork and uncork, the frames amqp091-go
 // flushes one publishing at a time are gathered and written together, so a
