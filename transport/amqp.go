@@ -34,7 +34,7 @@ func (d AMQP) Dial(ctx context.Context, url string, cfg Config) (Conn, error) {
 		raw *watchedConn
 	)
 	acfg := amqp.Config{
-		Heartbeat:       cfg.Heartbeat,
+		Heartbeat: cfg.Heartbeat,
 		// amqp091-go writes ServerName into the config it is given: a
 		// copy keeps the caller's intact and each URL's name its own.
 		TLSClientConfig: cfg.TLS.Clone(),
