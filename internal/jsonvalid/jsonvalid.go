@@ -1,0 +1,329 @@
+// Package jsonvalid reports whether a byte slice is one valid JSON value
+// (RFC 8259), exactly as encoding/json.Valid does.
+//
+// It makes the same accept/reject decision as [encoding/json.Valid] for every
+// input (FuzzValid checks this), including the parts where encoding/json is
+// more lenient or stricter than one might guess:
+//
+//   - whitespace is exactly space, \t, \n and \r;
+//   - strings are not checked for valid UTF-8 (any byte >= 0x20 other than
+//     '"' and '\\' is accepted, including 0x7f and invalid UTF-8), and \u
+//     escapes need four hex digits but are not checked for surrogate pairs;
+//   - arrays and objects may nest at most 10000 deep.
+//
+// Unlike encoding/json's scanner, which calls a function pointer per byte,
+// this package uses a non-recursive parser with a tight loop for string
+// contents that checks 8 bytes at a time, and it does not allocate unless
+// the input nests deeper than 64 levels.
+package jsonvalid
+
+import (
+	"encoding/binary"
+	"math/bits"
+)
+
+// maxDepth is encoding/json's maxNestingDepth: how deep arrays and objects
+// may nest. The 10001st nested '{' or '[' makes the input invalid, even when
+// that container is empty.
+const maxDepth = 10000
+
+// Valid reports whether b is one valid JSON value, optionally surrounded by
+// JSON whitespace, with the same result as encoding/json.Valid(b).
+func Valid(b []byte) bool {
+	_, ok := scan(b)
+	return ok
+}
+
+// Object reports whether b is valid JSON (as [Valid] reports) and its
+// top-level value is an object ({...}). Whitespace around the object is
+// allowed.
+func Object(b []byte) bool {
+	first, ok := scan(b)
+	return ok && first == '{'
+}
+
+// scan reports whether b is one valid JSON value and returns the first byte
+// of that value (0 if b is all whitespace).
+//
+// The parser is a loop over values: the top of the loop parses one value
+// (descending into an array or object pushes the byte that closes it onto
+// stack and parses its first element), and the inner loop after a value
+// consumes closing brackets, commas and object keys until another value
+// must follow.
+func scan(b []byte) (first byte, ok bool) {
+	n := len(b)
+	i := skipSpace(b, 0)
+	if i >= n {
+		return 0, false
+	}
+	first = b[i]
+
+	// stack holds the closing byte ('}' or ']') of each open container,
+	// innermost last. The fixed array keeps typical inputs allocation-free.
+	var fixed [64]byte
+	stack := fixed[:0]
+
+	for {
+		// A value must start at i (after optional whitespace).
+		i = skipSpace(b, i)
+		if i >= n {
+			return first, false
+		}
+		switch c := b[i]; c {
+		case '"':
+			if i, ok = scanString(b, i+1); !ok {
+				return first, false
+			}
+		case '{', '[':
+			// encoding/json counts the container before looking inside,
+			// so an empty one still counts toward the depth limit.
+			if len(stack) >= maxDepth {
+				return first, false
+			}
+			closer := byte('}')
+			if c == '[' {
+				closer = ']'
+			}
+			i = skipSpace(b, i+1)
+			if i < n && b[i] == closer {
+				i++ // empty container: it is a complete value
+				break
+			}
+			stack = append(stack, closer)
+			if c == '{' {
+				if i, ok = scanKey(b, i); !ok {
+					return first, false
+				}
+			}
+			continue // parse the first element or member value
+		case 't':
+			if !hasLiteral(b, i, "true") {
+				return first, false
+			}
+			i += len("true")
+		case 'f':
+			if !hasLiteral(b, i, "false") {
+				return first, false
+			}
+			i += len("false")
+		case 'n':
+			if !hasLiteral(b, i, "null") {
+				return first, false
+			}
+			i += len("null")
+		default:
+			if i, ok = scanNumber(b, i); !ok {
+				return first, false
+			}
+		}
+
+		// A value ended just before i. Close containers until a comma says
+		// another value follows.
+		for {
+			i = skipSpace(b, i)
+			if len(stack) == 0 {
+				return first, i == n // only whitespace may follow the top value
+			}
+			if i >= n {
+				return first, false
+			}
+			closer := stack[len(stack)-1]
+			if b[i] == ',' {
+				if closer == '}' {
+					if i, ok = scanKey(b, i+1); !ok {
+						return first, false
+					}
+				} else {
+					i++
+				}
+				break // parse the next element or member value
+			}
+			if b[i] != closer {
+				return first, false
+			}
+			stack = stack[:len(stack)-1]
+			i++
+		}
+	}
+}
+
+// skipSpace returns the index of the first byte at or after i that is not
+// JSON whitespace, or len(b).
+func skipSpace(b []byte, i int) int {
+	for i < len(b) {
+		c := b[i]
+		if c > ' ' || (c != ' ' && c != '\t' && c != '\n' && c != '\r') {
+			return i
+		}
+		i++
+	}
+	return i
+}
+
+// scanKey scans an object member's `"key" :` starting at b[i] (whitespace
+// allowed before the key) and returns the index just after the colon.
+func scanKey(b []byte, i int) (int, bool) {
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != '"' {
+		return i, false
+	}
+	i, ok := scanString(b, i+1)
+	if !ok {
+		return i, false
+	}
+	i = skipSpace(b, i)
+	if i >= len(b) || b[i] != ':' {
+		return i, false
+	}
+	return i + 1, true
+}
+
+// hasLiteral reports whether b[i:] starts with lit.
+func hasLiteral(b []byte, i int, lit string) bool {
+	return len(b)-i >= len(lit) && string(b[i:i+len(lit)]) == lit
+}
+
+// scanNumber scans a JSON number starting at b[i] and returns the index just
+// after it:
+//
+//	-? ( 0 | [1-9][0-9]* ) ( . [0-9]+ )? ( [eE] [+-]? [0-9]+ )?
+//
+// What follows the number is checked by the caller.
+func scanNumber(b []byte, i int) (int, bool) {
+	n := len(b)
+	if b[i] == '-' {
+		i++
+		if i >= n {
+			return i, false
+		}
+	}
+	switch c := b[i]; {
+	case c == '0':
+		i++ // no leading zeros: "01" fails when the caller sees '1'
+	case '1' <= c && c <= '9':
+		i = skipDigits(b, i+1)
+	default:
+		return i, false
+	}
+	if i < n && b[i] == '.' {
+		i++
+		if i >= n || !isDigit(b[i]) {
+			return i, false
+		}
+		i = skipDigits(b, i+1)
+	}
+	if i < n && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < n && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i >= n || !isDigit(b[i]) {
+			return i, false
+		}
+		i = skipDigits(b, i+1)
+	}
+	return i, true
+}
+
+func isDigit(c byte) bool { return '0' <= c && c <= '9' }
+
+// skipDigits returns the index of the first byte at or after i that is not
+// an ASCII digit, or len(b).
+func skipDigits(b []byte, i int) int {
+	for i < len(b) && isDigit(b[i]) {
+		i++
+	}
+	return i
+}
+
+// SWAR ("SIMD within a register") constants: each repeats one byte 8 times.
+const (
+	ones   = 0x0101010101010101
+	highs  = 0x8080808080808080
+	quotes = '"' * ones
+	slashs = '\\' * ones
+	spaces = ' ' * ones
+)
+
+// stopBytes returns a mask with the high bit of a byte set where the
+// corresponding byte of the little-endian word x is '"', '\\' or below 0x20:
+// the bytes that end a run of plain string content.
+//
+// It uses the classic "has a zero byte" trick: (v - 0x01...) & ^v & 0x80...
+// flags bytes of v that are zero, and (x - 0x20...) & ^x & 0x80... flags bytes
+// of x below 0x20. A borrow can flag a byte above a flagged one by mistake,
+// but never one below, so the lowest flagged byte is always a real stop byte.
+// Bytes >= 0x80 (in UTF-8 sequences or not) are never flagged.
+func stopBytes(x uint64) uint64 {
+	q := x ^ quotes // zero where x has '"'
+	s := x ^ slashs // zero where x has '\\'
+	return (((q - ones) &^ q) | ((s - ones) &^ s) | ((x - spaces) &^ x)) & highs
+}
+
+// scanString scans the rest of a string whose opening quote is just before
+// b[i] and returns the index just after the closing quote.
+//
+// Like encoding/json, it rejects bytes below 0x20 and unknown escapes, and
+// accepts every other byte, valid UTF-8 or not.
+func scanString(b []byte, i int) (int, bool) {
+	n := len(b)
+	for {
+		// Skip plain content 8 bytes at a time.
+		for n-i >= 8 {
+			m := stopBytes(binary.LittleEndian.Uint64(b[i:]))
+			if m != 0 {
+				i += bits.TrailingZeros64(m) / 8
+				break
+			}
+			i += 8
+		}
+		// Handle the stop byte at i, or the last few bytes one at a time.
+		for {
+			if i >= n {
+				return i, false
+			}
+			c := b[i]
+			if c == '"' {
+				return i + 1, true
+			}
+			if c < 0x20 {
+				return i, false
+			}
+			i++
+			if c == '\\' {
+				var ok bool
+				if i, ok = scanEscape(b, i); !ok {
+					return i, false
+				}
+				break // back to the fast loop
+			}
+		}
+	}
+}
+
+// scanEscape scans the escape whose backslash is just before b[i] and
+// returns the index just after it.
+func scanEscape(b []byte, i int) (int, bool) {
+	if i >= len(b) {
+		return i, false
+	}
+	switch b[i] {
+	case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+		return i + 1, true
+	case 'u':
+		if len(b)-i < 5 {
+			return i, false
+		}
+		for _, h := range b[i+1 : i+5] {
+			if !isHex(h) {
+				return i, false
+			}
+		}
+		return i + 5, true
+	}
+	return i, false
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}

@@ -1,0 +1,380 @@
+package jsonvalid
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"strconv"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// cases are tricky inputs; want is what encoding/json.Valid says (checked by
+// TestCases too, so a wrong expectation here cannot hide a difference).
+var cases = []struct {
+	in   string
+	want bool
+}{
+	// Empty and whitespace.
+	{"", false},
+	{" ", false},
+	{" \t\r\n", false},
+	{"\v1", false},
+	{"1\f", false},
+	{"\u00a01", false}, // NBSP is not JSON whitespace
+	{" \t\r\n1 \t\r\n", true},
+	{"\x00", false},
+
+	// Literals.
+	{"true", true},
+	{"false", true},
+	{"null", true},
+	{"tru", false},
+	{"truee", false},
+	{"True", false},
+	{"nul", false},
+	{"nulll", false},
+	{"fals", false},
+	{"falsey", false},
+	{"true false", false},
+	{"[true,false,null]", true},
+	{"[truefalse]", false},
+	{"NaN", false},
+	{"Infinity", false},
+
+	// Numbers.
+	{"0", true},
+	{"-0", true},
+	{"1", true},
+	{"-1", true},
+	{"123456789012345678901234567890", true},
+	{"01", false},
+	{"-01", false},
+	{"00", false},
+	{"+1", false},
+	{"-", false},
+	{"--1", false},
+	{"1.", false},
+	{".1", false},
+	{"1.5", true},
+	{"0.0", true},
+	{"1.e5", false},
+	{"1e", false},
+	{"1e+", false},
+	{"1e-", false},
+	{"1e5", true},
+	{"1E5", true},
+	{"1e+5", true},
+	{"1e-5", true},
+	{"1.5e05", true},
+	{"-0.0e-0", true},
+	{"1e5.5", false},
+	{"1ee5", false},
+	{"0x10", false},
+	{"1_000", false},
+	{"1 2", false},
+	{"[01]", false},
+	{"[1,-]", false},
+	{"[-0.5e+10,0]", true},
+	{"{\"a\":-}", false},
+	{"1.5.", false},
+
+	// Strings and escapes.
+	{`""`, true},
+	{`"`, false},
+	{`"abc`, false},
+	{`"abc"`, true},
+	{`"abc""`, false},
+	{`"\"\\\/\b\f\n\r\t"`, true},
+	{`"\a"`, false},
+	{`"\x41"`, false},
+	{`"\'"`, false},
+	{`"\0"`, false},
+	{`"\U0041"`, false},
+	{`"\u0041"`, true},
+	{`"\uABCD\uabcd\u09aF"`, true},
+	{`"\u004"`, false},
+	{`"\u004g"`, false},
+	{`"\uD800"`, true}, // lone surrogates are accepted
+	{`"\uDC00\uD800"`, true},
+	{`"\u"`, false},
+	{`"\`, false},
+	{`"\"`, false},
+	{`"\\"`, true},
+	{`"\\\"`, false},
+	{`"abcdefgh\u00e9ijklmnop"`, true},
+	{`"abcdefghijklmnopq\`, false},
+	{"\"a\x00b\"", false},
+	{"\"a\x1fb\"", false},
+	{"\"a\tb\"", false},
+	{"\"a\nb\"", false},
+	{"\"0123456789abcde\nf\"", false},
+	{"\"a\x7fb\"", true},
+	{"\"a\x20b\"", true},
+	{"\"h\u00e9llo \u4e16\u754c \U0001F600\"", true},
+	{"\"\xff\xfe\"", true},         // invalid UTF-8 is accepted inside strings
+	{"\"\xed\xa0\x80\"", true},     // UTF-8-encoded surrogate
+	{"\"\xc0\xaf01234567\"", true}, // overlong encoding
+	{"\"\x80\x80\x80\x80\x80\x80\x80\x80\x80\"", true},
+	{"\xff", false}, // but not outside them
+	{"\"a\"\xff", false},
+	{"{\"\xff\":1}", true},
+	{"'a'", false},
+
+	// Arrays.
+	{"[]", true},
+	{"[ ]", true},
+	{"[", false},
+	{"]", false},
+	{"[1", false},
+	{"[1,", false},
+	{"[1,]", false},
+	{"[,1]", false},
+	{"[,]", false},
+	{"[1 2]", false},
+	{"[1,,2]", false},
+	{"[[]]", true},
+	{"[[],[[]],{}]", true},
+	{"[}", false},
+	{"[1}", false},
+	{"[]]", false},
+	{"[][]", false},
+	{" [ 1 , 2 ] ", true},
+
+	// Objects.
+	{"{}", true},
+	{"{ }", true},
+	{"{", false},
+	{"}", false},
+	{`{"a"}`, false},
+	{`{"a":}`, false},
+	{`{"a":1}`, true},
+	{`{"a":1,}`, false},
+	{`{,"a":1}`, false},
+	{`{"a":1 "b":2}`, false},
+	{`{"a":1,"b":2}`, true},
+	{`{"a":1,"a":2}`, true}, // duplicate keys are valid
+	{`{a:1}`, false},
+	{`{1:1}`, false},
+	{`{"a"::1}`, false},
+	{`{"a" 1}`, false},
+	{`{"a":1]`, false},
+	{`{"a":[}`, false},
+	{`{"a":{"b":[1,{"c":null}]}}`, true},
+	{" \n{ \"a\" : 1 , \"b\" : [ ] } \n", true},
+	{`{"a":1}}`, false},
+	{`{"a":1}{}`, false},
+	{`{"a\u0022":"\"}"}`, true},
+	{`{"":""}`, true},
+}
+
+func TestCases(t *testing.T) {
+	for _, tc := range cases {
+		in := []byte(tc.in)
+		if std := json.Valid(in); std != tc.want {
+			t.Errorf("bad expectation for %q: encoding/json.Valid = %v", tc.in, std)
+		}
+		if got := Valid(in); got != tc.want {
+			t.Errorf("Valid(%q) = %v, want %v", tc.in, got, tc.want)
+		}
+		wantObj := tc.want && firstNonSpace(in) == '{'
+		if got := Object(in); got != wantObj {
+			t.Errorf("Object(%q) = %v, want %v", tc.in, got, wantObj)
+		}
+	}
+}
+
+// TestStringPositions moves every interesting byte through every position of
+// strings long enough to exercise the 8-byte loop and its tail.
+func TestStringPositions(t *testing.T) {
+	specials := []string{`"`, `\`, `\n`, `\u00e9`, `\u00g9`, `\q`, "\x00", "\x1f", "\x20", "\x7f", "\x80", "\xff", "é"}
+	for n := 0; n < 24; n++ {
+		for pos := 0; pos <= n; pos++ {
+			for _, sp := range specials {
+				s := `"` + strings.Repeat("a", pos) + sp + strings.Repeat("b", n-pos) + `"`
+				check(t, []byte(s))
+				check(t, []byte(`{"k":`+s+`}`))
+				check(t, []byte(s[:len(s)-1])) // unterminated
+			}
+		}
+	}
+}
+
+// TestStopBytes checks the SWAR mask against a byte-by-byte answer for every
+// byte value at every position, among plain bytes and among other stop bytes.
+func TestStopBytes(t *testing.T) {
+	isStop := func(c byte) bool { return c == '"' || c == '\\' || c < 0x20 }
+	for _, fill := range []byte{'a', 0xff, 0x80, 0x20, 0x21, 0x00, '"'} {
+		for pos := 0; pos < 8; pos++ {
+			for v := 0; v < 256; v++ {
+				var w [8]byte
+				for k := range w {
+					w[k] = fill
+				}
+				w[pos] = byte(v)
+				m := stopBytes(binary.LittleEndian.Uint64(w[:]))
+				first := -1
+				for k, c := range w {
+					if isStop(c) {
+						first = k
+						break
+					}
+				}
+				switch {
+				case first < 0 && m != 0:
+					t.Fatalf("stopBytes(%q) = %#x, want 0", w, m)
+				case first >= 0 && (m == 0 || bitsTrailing(m)/8 != first):
+					t.Fatalf("stopBytes(%q) = %#x, want lowest flag at byte %d", w, m, first)
+				}
+			}
+		}
+	}
+}
+
+func bitsTrailing(m uint64) int {
+	n := 0
+	for m&1 == 0 {
+		m >>= 1
+		n++
+	}
+	return n
+}
+
+func TestDepth(t *testing.T) {
+	for _, depth := range []int{1, 63, 64, 65, 1000, maxDepth - 1, maxDepth, maxDepth + 1, 2 * maxDepth} {
+		for _, in := range [][]byte{
+			nest("[", "]", "", depth),
+			nest("[", "]", "1", depth),
+			nest(`{"a":`, "}", "{}", depth-1),
+			nest(`{"a":`, "}", "[]", depth-1),
+			nest(`[{"a":`, "}]", "0", depth/2),
+			nest("[", "]", "", depth)[:depth], // unterminated
+		} {
+			check(t, in)
+		}
+	}
+	if !Valid(nest("[", "]", "", maxDepth)) || Valid(nest("[", "]", "", maxDepth+1)) {
+		t.Errorf("depth limit is not %d", maxDepth)
+	}
+}
+
+// nest returns inner wrapped in depth pairs of open and close.
+func nest(open, close, inner string, depth int) []byte {
+	return []byte(strings.Repeat(open, depth) + inner + strings.Repeat(close, depth))
+}
+
+func TestAllocs(t *testing.T) {
+	inputs := map[string][]byte{
+		"1KiB":     body(1024),
+		"16KiB":    body(16 << 10),
+		"array":    array(16 << 10),
+		"depth64":  nest(`{"a":[`, "]}", "1", 32),
+		"invalid":  []byte(`{"a":[1,2,`),
+		"garbage":  []byte("\xff\xfe"),
+		"escapes":  []byte(`"\u00e9\n\t\"\\"`),
+		"numbers":  []byte(`[-0.5e+10,123,0,1E-7]`),
+		"literals": []byte(`[true,false,null]`),
+	}
+	for name, in := range inputs {
+		if n := testing.AllocsPerRun(100, func() { Valid(in); Object(in) }); n != 0 {
+			t.Errorf("%s: %v allocations per run, want 0", name, n)
+		}
+	}
+}
+
+// FuzzValid checks Valid and Object against encoding/json.Valid on arbitrary
+// input. Seeds: cases, and testdata/fuzz/FuzzValid.
+func FuzzValid(f *testing.F) {
+	for _, tc := range cases {
+		f.Add([]byte(tc.in))
+	}
+	f.Add(body(1024))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		check(t, b)
+	})
+}
+
+// check fails t if Valid or Object disagree with encoding/json on b.
+func check(t *testing.T, b []byte) {
+	t.Helper()
+	want := json.Valid(b)
+	if got := Valid(b); got != want {
+		t.Fatalf("Valid(%s) = %v, encoding/json.Valid = %v", short(b), got, want)
+	}
+	wantObj := want && firstNonSpace(b) == '{'
+	if got := Object(b); got != wantObj {
+		t.Fatalf("Object(%s) = %v, want %v", short(b), got, wantObj)
+	}
+}
+
+func short(b []byte) string {
+	if len(b) > 200 {
+		return strconv.Quote(string(b[:200])) + "... (" + strconv.Itoa(len(b)) + " bytes)"
+	}
+	return strconv.Quote(string(b))
+}
+
+// firstNonSpace returns the first byte of b that is not JSON whitespace, or 0.
+func firstNonSpace(b []byte) byte {
+	b = bytes.TrimLeft(b, " \t\n\r")
+	if len(b) == 0 {
+		return 0
+	}
+	return b[0]
+}
+
+// body returns a task body of exactly n bytes, shaped like the library's
+// summarization tasks, whose content is plain ASCII text.
+func body(n int) []byte {
+	const (
+		head = `{"version":1,"type":"summarization","messageId":"0190b6a2-7f1e-7c3a-9d2b-4e5f60718293","shareId":"share-123","content":"`
+		tail = `","options":{"maxLength":120},"createdAt":"2026-01-02T03:04:05.000000006Z"}`
+		text = "The quick brown fox jumps over the lazy dog. "
+	)
+	pad := n - len(head) - len(tail)
+	b := []byte(head + strings.Repeat(text, pad/len(text)+1)[:pad] + tail)
+	if len(b) != n || !json.Valid(b) {
+		panic("bad benchmark body")
+	}
+	return b
+}
+
+// array returns a structure-heavy JSON array of at least n bytes: many small
+// objects with short strings, numbers and literals.
+func array(n int) []byte {
+	var b bytes.Buffer
+	b.WriteByte('[')
+	for i := 0; b.Len() < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"id":` + strconv.Itoa(i) + `,"name":"item ` + strconv.Itoa(i) +
+			`","score":-12.5e-3,"ok":true,"tags":["a","b\n"],"next":null}`)
+	}
+	b.WriteByte(']')
+	return b.Bytes()
+}
+
+func benchmark(b *testing.B, in []byte, valid func([]byte) bool) {
+	b.SetBytes(int64(len(in)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if !valid(in) {
+			b.Fatal("invalid")
+		}
+	}
+}
+
+func BenchmarkValid1KiB(b *testing.B)     { benchmark(b, body(1024), Valid) }
+func BenchmarkStdValid1KiB(b *testing.B)  { benchmark(b, body(1024), json.Valid) }
+func BenchmarkObject1KiB(b *testing.B)    { benchmark(b, body(1024), Object) }
+func BenchmarkValid16KiB(b *testing.B)    { benchmark(b, body(16<<10), Valid) }
+func BenchmarkStdValid16KiB(b *testing.B) { benchmark(b, body(16<<10), json.Valid) }
+
+// The Array benchmarks are structure-heavy rather than string-heavy.
+func BenchmarkValidArray16KiB(b *testing.B)    { benchmark(b, array(16<<10), Valid) }
+func BenchmarkStdValidArray16KiB(b *testing.B) { benchmark(b, array(16<<10), json.Valid) }
