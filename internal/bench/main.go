@@ -1,0 +1,351 @@
+// Command bench measures mlproducer's Producer against raw amqp091-go on a
+// real RabbitMQ (RABBITMQ_URL, default amqp://guest:guest@127.0.0.1:5672/),
+// in one process, with the cases interleaved and repeated so that drift hits
+// them alike, and prints a markdown table, the Producer/raw ratios checked
+// against the targets of issue 5, and a delivery check of every case.
+//
+//	go run ./internal/bench               # the full run (about 10 minutes)
+//	go run ./internal/bench -quick        # about a minute: 1 s cases, 1 KiB only
+//	go run ./internal/bench -only '^producer-publish-64$' -sizes 1024 -cpuprofile cpu.prof
+//
+// Cases, for each body size and caller count N:
+//
+//   - raw-N: N goroutines share one amqp091-go channel in confirm mode; each
+//     publishes and waits for its own DeferredConfirmation.
+//   - raw-window256: one goroutine keeps 256 confirms outstanding (the upper
+//     bound with confirms).
+//   - raw-noconfirm: one goroutine publishes without confirms (the broker's
+//     ingest ceiling).
+//   - producer-publish-N: N goroutines call Producer.Publish with a prebuilt
+//     JSON body of the size.
+//   - producer-summarization-N: N goroutines call
+//     Producer.PublishSummarization with content of the size (so the body
+//     is a little larger, and its encoding is part of the call).
+//   - retry-drain: the retry queue of a Producer that cannot reach the broker
+//     is filled with 1 KiB messages; its heap is measured, then it connects
+//     and the drain rate is compared with steady publishing.
+//
+// Every message is persistent and goes to a durable classic queue. Each case
+// warms up, then is measured for -duration: msg/s counts the calls that got
+// their confirm inside the window, latency runs from the call to its confirm,
+// and CPU is the whole process's (getrusage: user+system, Go runtime and GC
+// included) over the window divided by the messages. After each case, the
+// queue must hold every confirmed message (the Producer may add duplicates,
+// never lose one); a mismatch is reported and the exit status is 1.
+//
+// The benchmark uses its own virtual host (-vhost, created with rabbitmqctl on
+// a local broker if missing) so that it neither purges nor fills the queues of
+// integration tests running on the same broker, and it holds the integration
+// tests' shared broker lock during each case.
+//
+// Progress goes to stderr; the report (markdown) to stdout.
+package main
+
+import (
+	"cmp"
+	"errors"
+	"flag"
+	"fmt"
+	"net/url"
+	"os"
+	"regexp"
+	"runtime"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+type config struct {
+	duration   time.Duration
+	warmup     time.Duration
+	repeat     int
+	sizes      []int
+	callers    []int
+	only       *regexp.Regexp
+	vhost      string
+	drainMsgs  int
+	cpuprofile string
+	// rawChannels spreads raw-N's callers over this many channels.
+	rawChannels int
+}
+
+type env struct {
+	cfg      config
+	url      string
+	lock     *brokerLock
+	probe    *probe
+	bodies   map[int][]byte // prebuilt task bodies by size
+	contents map[int]string // summarization contents by size
+}
+
+func main() { os.Exit(run()) }
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "bench: "+format+"\n", args...)
+}
+
+func parseInts(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		if f == "" {
+			continue
+		}
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q is not a positive whole number", f)
+		}
+		out = append(out, n)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("empty list")
+	}
+	return out, nil
+}
+
+func parseFlags() (config, error) {
+	var (
+		cfg              config
+		sizes, callers   string
+		only             string
+		quick            bool
+		duration, warmup time.Duration
+	)
+	flag.DurationVar(&duration, "duration", 5*time.Second, "measured time of each case, after its warm-up")
+	flag.DurationVar(&warmup, "warmup", 0, "unmeasured time at the start of each case (default duration/10, within 100ms..300ms)")
+	flag.IntVar(&cfg.repeat, "repeat", 3, "rounds; each case runs once per round and the median is reported")
+	flag.StringVar(&sizes, "sizes", "1024,16384", "body sizes in bytes, comma-separated")
+	flag.StringVar(&callers, "callers", "1,16,64,256", "concurrent callers, comma-separated")
+	flag.BoolVar(&quick, "quick", false, "a run of about a minute: -duration 1s -sizes 1024 -drain-messages 20000 (flags given explicitly win)")
+	flag.StringVar(&only, "only", "", "run only the cases whose name matches this regexp (e.g. '^producer-publish-64$', 'retry-drain')")
+	flag.StringVar(&cfg.vhost, "vhost", "mlproducer-bench", "virtual host to use, created if missing on a local broker; empty: the URL's own")
+	flag.IntVar(&cfg.drainMsgs, "drain-messages", 100_000, "messages queued in the retry-drain case")
+	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.IntVar(&cfg.rawChannels, "raw-channels", 1, "spread the callers of raw-N over this many channels of its connection (cases then named raw-N-chK; the ratios need 1)")
+	flag.Parse()
+	if flag.NArg() > 0 {
+		return cfg, fmt.Errorf("unexpected arguments %q", flag.Args())
+	}
+	set := map[string]bool{}
+	flag.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if quick {
+		if !set["duration"] {
+			duration = time.Second
+		}
+		if !set["sizes"] {
+			sizes = "1024"
+		}
+		if !set["drain-messages"] {
+			cfg.drainMsgs = 20_000
+		}
+	}
+	if duration <= 0 {
+		return cfg, errors.New("-duration must be > 0")
+	}
+	if warmup <= 0 {
+		warmup = min(max(duration/10, 100*time.Millisecond), 300*time.Millisecond)
+	}
+	cfg.duration, cfg.warmup = duration, warmup
+	if cfg.repeat < 1 {
+		return cfg, errors.New("-repeat must be >= 1")
+	}
+	if cfg.rawChannels < 1 {
+		return cfg, errors.New("-raw-channels must be >= 1")
+	}
+	if cfg.drainMsgs < 1 {
+		return cfg, errors.New("-drain-messages must be >= 1")
+	}
+	var err error
+	if cfg.sizes, err = parseInts(sizes); err != nil {
+		return cfg, fmt.Errorf("-sizes: %v", err)
+	}
+	if cfg.callers, err = parseInts(callers); err != nil {
+		return cfg, fmt.Errorf("-callers: %v", err)
+	}
+	if only != "" {
+		if cfg.only, err = regexp.Compile(only); err != nil {
+			return cfg, fmt.Errorf("-only: %v", err)
+		}
+	}
+	return cfg, nil
+}
+
+// plan is the order of one round: for each size, each caller count's raw
+// and Producer cases side by side, then the two single-goroutine raw cases;
+// then the drain case. Odd rounds run the same list backwards, so that a
+// case is not always the one that follows the same other.
+func plan(cfg config, round int) (specs []spec, drain bool) {
+	for _, size := range cfg.sizes {
+		for _, n := range cfg.callers {
+			specs = append(specs,
+				spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels},
+				spec{kind: kindPublish, callers: n, size: size},
+				spec{kind: kindSummarization, callers: n, size: size})
+		}
+		specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size}, spec{kind: kindRawNoConfirm, callers: 1, size: size})
+	}
+	if cfg.only != nil {
+		specs = slices.DeleteFunc(specs, func(s spec) bool { return !cfg.only.MatchString(s.name()) })
+	}
+	if round%2 == 1 {
+		slices.Reverse(specs)
+	}
+	drain = cfg.only == nil || cfg.only.MatchString(drainName)
+	return specs, drain
+}
+
+func run() int {
+	cfg, err := parseFlags()
+	if err != nil {
+		logf("%v", err)
+		return 2
+	}
+	base := os.Getenv("RABBITMQ_URL")
+	if i := strings.IndexByte(base, ','); i >= 0 {
+		base = base[:i]
+	}
+	base = strings.TrimSpace(base)
+	if base == "" {
+		base = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	e := &env{cfg: cfg, url: base, bodies: map[int][]byte{}, contents: map[int]string{}}
+	if cfg.vhost != "" {
+		if e.url, err = withVhost(base, cfg.vhost); err != nil {
+			logf("%v", err)
+			return 2
+		}
+		if err := ensureVhost(e.url, cfg.vhost); err != nil {
+			logf("%v", err)
+			return 2
+		}
+	}
+	for _, size := range append([]int{drainSize}, cfg.sizes...) {
+		if e.bodies[size], err = taskBody(size); err != nil {
+			logf("-sizes: %v", err)
+			return 2
+		}
+		e.contents[size] = filler(size)
+	}
+	if u, err := url.Parse(e.url); err == nil {
+		e.probe = newProbe(u.Hostname())
+	}
+	if e.lock, err = openBrokerLock(); err != nil {
+		logf("%v", err)
+		return 2
+	}
+	defer e.lock.close()
+	adm, err := newAdmin(e.url)
+	if err != nil {
+		logf("%v", err)
+		return 2
+	}
+	info := machineInfo(adm.serverVersion(), redact(e.url))
+	adm.close()
+
+	if cfg.cpuprofile != "" {
+		f, err := os.Create(cfg.cpuprofile)
+		if err != nil {
+			logf("-cpuprofile: %v", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			logf("-cpuprofile: %v", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
+
+	res := results{byKey: map[string][]outcome{}}
+	failed := false
+	steadyCallers := slices.Max(cfg.callers)
+	started := time.Now()
+	for round := range cfg.repeat {
+		specs, drain := plan(cfg, round)
+		runDrain := func() {
+			if !drain {
+				return
+			}
+			d, err := e.runDrain(steadyCallers)
+			if err != nil {
+				logf("round %d %s: ERROR: %v", round+1, drainName, err)
+				d.bad, d.check = true, "ERROR: "+err.Error()
+			} else {
+				logf("round %d %-26s heap/payload %.2f, drain %s msg/s, steady %s msg/s (ratio %.2f) %s",
+					round+1, drainName, d.heapRatio(), fmtRate(d.drainRate), fmtRate(d.steadyRate), d.drainRatio(), d.check)
+			}
+			failed = failed || d.bad
+			res.drains = append(res.drains, d)
+		}
+		if round%2 == 1 {
+			runDrain()
+		}
+		for _, s := range specs {
+			o, err := e.runCase(s)
+			if err != nil {
+				o = outcome{bad: true, check: "ERROR: " + err.Error()}
+				logf("round %d %-26s %6s  ERROR: %v", round+1, s.name(), fmtSize(s.size), err)
+			} else {
+				logf("round %d %-26s %6s  %8s msg/s  p50 %7s  p99 %7s  cpu %6s/msg  broker %6s/msg  others %.2f cores  %s",
+					round+1, s.name(), fmtSize(s.size), fmtRate(o.m.rate()), fmtDur(o.m.p50), fmtDur(o.m.p99),
+					fmtDur(o.m.cpuPerMsg()), fmtDur(o.m.brokerPerMsg()), o.m.othersShare(), o.check)
+			}
+			failed = failed || o.bad
+			if !res.has(s) {
+				res.order = append(res.order, s)
+			}
+			res.byKey[s.key()] = append(res.byKey[s.key()], o)
+		}
+		if round%2 == 0 {
+			runDrain()
+		}
+	}
+	logf("done in %v", time.Since(started).Round(time.Second))
+
+	report(os.Stdout, cfg, info, &res, steadyCallers)
+	if failed {
+		fmt.Println("\n**DELIVERY CHECK FAILED** (or a case failed): see the delivery column above.")
+		logf("DELIVERY CHECK FAILED or a case failed: exit status 1")
+		return 1
+	}
+	return 0
+}
+
+// results gathers every run of every case.
+type results struct {
+	order  []spec // first-seen order; sorted for the report
+	byKey  map[string][]outcome
+	drains []drainResult
+}
+
+func (r *results) has(s spec) bool { _, ok := r.byKey[s.key()]; return ok }
+
+// sortedSpecs orders the cases for the table: by size, then raw cases by
+// callers, the raw window and no-confirm cases, then the Producer's.
+func (r *results) sortedSpecs() []spec {
+	s := slices.Clone(r.order)
+	slices.SortFunc(s, func(a, b spec) int {
+		return cmp.Or(cmp.Compare(a.size, b.size), cmp.Compare(a.kind, b.kind), cmp.Compare(a.callers, b.callers), cmp.Compare(a.channels, b.channels))
+	})
+	return s
+}
+
+func machineInfo(brokerVersion, url string) []string {
+	cpu := "unknown"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.SplitSeq(string(b), "\n") {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	host, _ := os.Hostname()
+	return []string{
+		fmt.Sprintf("date: %s, host %s", time.Now().UTC().Format(time.RFC3339), host),
+		fmt.Sprintf("machine: %d CPUs (%s), GOMAXPROCS %d, %s/%s", runtime.NumCPU(), cpu, runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH),
+		fmt.Sprintf("software: %s, RabbitMQ %s at %s", runtime.Version(), brokerVersion, url),
+	}
+}

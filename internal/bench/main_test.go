@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestPercentileAndMedian(t *testing.T) {
+	ns := []int64{5, 1, 4, 2, 3, 10, 9, 8, 7, 6}
+	if got := percentile(ns, 50); got != 5 {
+		t.Errorf("p50 = %d, want 5", got)
+	}
+	if got := percentile(ns, 99); got != 10 {
+		t.Errorf("p99 = %d, want 10", got)
+	}
+	if got := percentile(nil, 99); got != 0 {
+		t.Errorf("p99 of nothing = %d, want 0", got)
+	}
+	if got := median([]float64{3, 1, 2}); got != 2 {
+		t.Errorf("median = %v, want 2", got)
+	}
+	if got := median([]float64{4, 1, 2, 3}); got != 2.5 {
+		t.Errorf("median = %v, want 2.5", got)
+	}
+}
+
+func TestTaskBody(t *testing.T) {
+	for _, n := range []int{256, 1024, 16384} {
+		b, err := taskBody(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v map[string]any
+		if len(b) != n || json.Unmarshal(b, &v) != nil || v["type"] != "summarization" {
+			t.Errorf("taskBody(%d): %d bytes, %q", n, len(b), b[:40])
+		}
+	}
+	if _, err := taskBody(100); err == nil {
+		t.Error("taskBody(100): no error")
+	}
+}
+
+func TestURLs(t *testing.T) {
+	u, err := withVhost("amqp://guest:guest@127.0.0.1:5672/", "mlproducer-bench")
+	if err != nil || u != "amqp://guest:guest@127.0.0.1:5672/mlproducer-bench" {
+		t.Errorf("withVhost = %q, %v", u, err)
+	}
+	if got := withHost(u, "127.0.0.1:40000"); got != "amqp://guest:guest@127.0.0.1:40000/mlproducer-bench" {
+		t.Errorf("withHost = %q", got)
+	}
+	if hp, _ := hostPort("amqp://localhost/"); hp != "localhost:5672" {
+		t.Errorf("hostPort = %q", hp)
+	}
+	if got := redact(u); got != "amqp://guest:xxxxx@127.0.0.1:5672/mlproducer-bench" {
+		t.Errorf("redact = %q", got)
+	}
+}
+
+func TestForwarder(t *testing.T) {
+	echo, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer echo.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c, err := echo.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	}()
+	fw, err := newForwarder(echo.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Refusing: the connection is closed before anything comes back.
+	c, err := net.Dial("tcp", fw.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); err == nil {
+		t.Errorf("refusing forwarder: read %d bytes, want an error", n)
+	}
+	c.Close()
+
+	// Forwarding.
+	fw.setForward(true)
+	c, err = net.Dial("tcp", fw.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != "ping" {
+		t.Errorf("through the forwarder: %q, %v", buf, err)
+	}
+	// close cuts forwarded connections.
+	fw.close()
+	if _, err := c.Read(buf); err == nil {
+		t.Error("read after forwarder close: no error")
+	}
+	c.Close()
+	<-done
+}
