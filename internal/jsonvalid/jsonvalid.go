@@ -268,7 +268,15 @@ func stopBytes(x uint64) uint64 {
 func scanString(b []byte, i int) (int, bool) {
 	n := len(b)
 	for {
-		// Skip plain content 8 bytes at a time.
+		// Skip plain content 16, then 8 bytes at a time. (Two independent
+		// words per step let the CPU overlap their arithmetic.)
+		for n-i >= 16 {
+			w := b[i : i+16]
+			if stopBytes(binary.LittleEndian.Uint64(w))|stopBytes(binary.LittleEndian.Uint64(w[8:])) != 0 {
+				break
+			}
+			i += 16
+		}
 		for n-i >= 8 {
 			m := stopBytes(binary.LittleEndian.Uint64(b[i:]))
 			if m != 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
+	"math/bits"
 	"strconv"
 	"strings"
 	"testing"
@@ -189,10 +190,10 @@ func TestCases(t *testing.T) {
 }
 
 // TestStringPositions moves every interesting byte through every position of
-// strings long enough to exercise the 8-byte loop and its tail.
+// strings long enough to exercise the 16- and 8-byte loops and the tail.
 func TestStringPositions(t *testing.T) {
 	specials := []string{`"`, `\`, `\n`, `\u00e9`, `\u00g9`, `\q`, "\x00", "\x1f", "\x20", "\x7f", "\x80", "\xff", "é"}
-	for n := 0; n < 24; n++ {
+	for n := 0; n < 40; n++ {
 		for pos := 0; pos <= n; pos++ {
 			for _, sp := range specials {
 				s := `"` + strings.Repeat("a", pos) + sp + strings.Repeat("b", n-pos) + `"`
@@ -227,21 +228,12 @@ func TestStopBytes(t *testing.T) {
 				switch {
 				case first < 0 && m != 0:
 					t.Fatalf("stopBytes(%q) = %#x, want 0", w, m)
-				case first >= 0 && (m == 0 || bitsTrailing(m)/8 != first):
+				case first >= 0 && (m == 0 || bits.TrailingZeros64(m)/8 != first):
 					t.Fatalf("stopBytes(%q) = %#x, want lowest flag at byte %d", w, m, first)
 				}
 			}
 		}
 	}
-}
-
-func bitsTrailing(m uint64) int {
-	n := 0
-	for m&1 == 0 {
-		m >>= 1
-		n++
-	}
-	return n
 }
 
 func TestDepth(t *testing.T) {
