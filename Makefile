@@ -2,7 +2,7 @@
 GO ?= go
 
 .DEFAULT_GOAL := test
-.PHONY: test demo bench rabbitmq
+.PHONY: test demo bench reliability rabbitmq
 
 ## test: start (or install) a local RabbitMQ if needed, vet, then the whole suite with -race.
 test:
@@ -15,9 +15,18 @@ demo:
 	bash scripts/ensure-rabbitmq.sh
 	GO="$(GO)" bash scripts/demo.sh
 
-## bench: run the benchmarks (no tests).
+## bench: micro-benchmarks of the hot path on the fake broker, then the comparison with raw
+## amqp091-go on the local RabbitMQ (about 10 minutes; BENCHFLAGS=-quick for about one).
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+	bash scripts/ensure-rabbitmq.sh
+	$(GO) test -run '^$$' -bench . -benchmem -count 3 .
+	$(GO) run ./internal/bench $(BENCHFLAGS)
+
+## reliability: the reliability scenarios against the local RabbitMQ (faults, broker restart,
+## memory alarm, 60 s of chaos), one PASS/FAIL line each and a table; fails if any fails.
+reliability:
+	bash scripts/ensure-rabbitmq.sh
+	$(GO) run ./examples/reliability all
 
 ## rabbitmq: only make sure the local broker is up.
 rabbitmq:

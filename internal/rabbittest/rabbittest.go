@@ -19,7 +19,9 @@
 // it is done. Inside one process the lock is not exclusive: a test that uses
 // a broker-wide helper must not run in parallel (t.Parallel) with other
 // broker tests of its package. scripts/ensure-rabbitmq.sh takes the same
-// lock before it repairs a broker left in a bad state.
+// lock before it repairs a broker left in a bad state. Code that runs outside
+// a test (examples/reliability) takes it with [Lock] and raises an alarm with
+// [SetMemoryAlarm].
 //
 // Each helper opens its own short-lived connection, named "mlproducer
 // rabbittest", and closes it before it returns.
@@ -142,6 +144,10 @@ func Ctl(t testing.TB, args ...string) string {
 	}
 	return out
 }
+
+// Rabbitmqctl runs `rabbitmqctl args...` (bounded by 60 s) and returns its
+// combined output, for code that runs outside a test; see [Ctl].
+func Rabbitmqctl(args ...string) (string, error) { return ctl(args...) }
 
 func ctl(args ...string) (string, error) {
 	bin, err := exec.LookPath("rabbitmqctl")
@@ -306,35 +312,65 @@ loop:
 func WithMemoryAlarm(t testing.TB) (clear func()) {
 	t.Helper()
 	acquire(t, true)
-
-	restore := []string{"set_vm_memory_high_watermark", defaultWatermark}
-	if out, err := ctl("-q", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."); err == nil {
-		if args, ok := watermarkArgs(strings.TrimSpace(out)); ok {
-			restore = append([]string{"set_vm_memory_high_watermark"}, args...)
-		}
+	restore, err := SetMemoryAlarm()
+	if err != nil {
+		t.Fatalf("rabbittest: %v", err)
 	}
 	var once sync.Once
 	clear = func() {
 		once.Do(func() {
-			if out, err := ctl(restore...); err != nil {
-				t.Errorf("rabbittest: restoring the memory watermark: rabbitmqctl %s: %v\n%s",
-					strings.Join(restore, " "), err, out)
-				return
-			}
-			if err := waitAlarm(false); err != nil {
+			if err := restore(); err != nil {
 				t.Errorf("rabbittest: %v", err)
 			}
 		})
 	}
-	// Registered before the watermark changes, so that a failure below
-	// still restores it.
 	t.Cleanup(clear)
-
-	Ctl(t, "set_vm_memory_high_watermark", alarmWatermark)
-	if err := waitAlarm(true); err != nil {
-		t.Fatalf("rabbittest: %v", err)
-	}
 	return clear
+}
+
+// SetMemoryAlarm is [WithMemoryAlarm] for code that runs outside a test. It
+// takes the exclusive broker lock ([Lock]), raises the alarm and returns
+// once the broker reports it. restore puts the previous watermark back,
+// waits until the alarm is gone and releases the lock; it must be called
+// (a defer is the safe way), and calling it again returns the first result.
+// When SetMemoryAlarm fails it has restored the watermark and released the
+// lock itself.
+func SetMemoryAlarm() (restore func() error, err error) {
+	unlock, err := Lock(true)
+	if err != nil {
+		return nil, err
+	}
+	args := []string{"set_vm_memory_high_watermark", defaultWatermark}
+	if out, err := ctl("-q", "eval", "vm_memory_monitor:get_vm_memory_high_watermark()."); err == nil {
+		if wm, ok := watermarkArgs(strings.TrimSpace(out)); ok {
+			args = append([]string{"set_vm_memory_high_watermark"}, wm...)
+		}
+	}
+	var (
+		once sync.Once
+		rerr error
+	)
+	restore = func() error {
+		once.Do(func() {
+			defer unlock()
+			if out, err := ctl(args...); err != nil {
+				rerr = fmt.Errorf("restoring the memory watermark: rabbitmqctl %s: %v\n%s",
+					strings.Join(args, " "), err, out)
+				return
+			}
+			rerr = waitAlarm(false)
+		})
+		return rerr
+	}
+	if out, err := ctl("set_vm_memory_high_watermark", alarmWatermark); err != nil {
+		_ = restore()
+		return nil, fmt.Errorf("rabbitmqctl set_vm_memory_high_watermark %s: %v\n%s", alarmWatermark, err, out)
+	}
+	if err := waitAlarm(true); err != nil {
+		_ = restore()
+		return nil, err
+	}
+	return restore, nil
 }
 
 // MemoryAlarm reports whether the broker has a memory alarm in effect.
@@ -420,28 +456,50 @@ var brokerLock lockState
 // acquire takes the broker lock, shared or exclusive, until the test ends.
 func acquire(t testing.TB, exclusive bool) {
 	t.Helper()
+	unlock, err := Lock(exclusive)
+	if err != nil {
+		t.Fatalf("rabbittest: %v", err)
+	}
+	t.Cleanup(unlock)
+}
+
+// Lock takes the broker lock (see the package documentation), shared or
+// exclusive, for code that runs outside a test, and returns the function
+// that releases it (calling it again does nothing). Take it shared for the
+// whole of a run against the broker, and exclusive around a broker-wide
+// change (an alarm, close_all_connections, stop_app) until the broker is
+// back to normal; an exclusive hold while a shared one is held upgrades the
+// process's lock. It waits at most 5 minutes for other processes.
+func Lock(exclusive bool) (unlock func(), err error) { return LockWithin(exclusive, lockWait) }
+
+// LockWithin is [Lock] waiting at most wait for other processes; it fails
+// when they still hold the lock after that.
+func LockWithin(exclusive bool, wait time.Duration) (unlock func(), err error) {
 	l := &brokerLock
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
 		f, err := os.OpenFile(filepath.Join(os.TempDir(), lockFileName), os.O_RDWR|os.O_CREATE, 0o666)
 		if err != nil {
-			t.Fatalf("rabbittest: broker lock: %v", err)
+			return nil, fmt.Errorf("broker lock: %w", err)
 		}
 		l.f = f
 	}
 	l.add(exclusive, 1)
-	if err := l.apply(); err != nil {
+	if err := l.apply(wait); err != nil {
 		l.add(exclusive, -1)
-		_ = l.apply()
-		t.Fatalf("rabbittest: broker lock %s: %v", l.f.Name(), err)
+		_ = l.apply(lockWait)
+		return nil, fmt.Errorf("broker lock %s: %w", l.f.Name(), err)
 	}
-	t.Cleanup(func() {
-		l.mu.Lock()
-		defer l.mu.Unlock()
-		l.add(exclusive, -1)
-		_ = l.apply()
-	})
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			l.add(exclusive, -1)
+			_ = l.apply(lockWait)
+		})
+	}, nil
 }
 
 func (l *lockState) add(exclusive bool, n int) {
@@ -453,8 +511,8 @@ func (l *lockState) add(exclusive bool, n int) {
 }
 
 // apply brings the flock mode in line with the holder counts, waiting at
-// most lockWait for other processes. Called with mu held.
-func (l *lockState) apply() error {
+// most wait for other processes. Called with mu held.
+func (l *lockState) apply(wait time.Duration) error {
 	want := 0
 	switch {
 	case l.exclusive > 0:
@@ -471,7 +529,7 @@ func (l *lockState) apply() error {
 	}
 	// Polled rather than blocking, to bound the wait. A failed conversion
 	// drops the lock held before (flock(2)), so l.mode is 0 until it succeeds.
-	deadline := time.Now().Add(lockWait)
+	deadline := time.Now().Add(wait)
 	for {
 		err := syscall.Flock(int(l.f.Fd()), want|syscall.LOCK_NB)
 		if err == nil {
@@ -483,7 +541,7 @@ func (l *lockState) apply() error {
 			return err
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("still held by another test process after %v", lockWait)
+			return fmt.Errorf("still held by another test process after %v", wait)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

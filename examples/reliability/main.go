@@ -1,0 +1,133 @@
+// Command reliability runs the reliability scenarios against a real RabbitMQ,
+// as the NestJS service's ./test-ml-producer-reliability.js did:
+//
+//	go run ./examples/reliability all|connection-resilience|message-retry|circuit-breaker|flow-control|broker-restart|partition|chaos [-duration 60s]
+//
+// Each scenario drives a real Producer while a fault hits it, then checks by
+// consuming what arrived that no accepted message was lost, that no publish
+// returned later than its deadline plus 50 ms and that no goroutine was left
+// behind. The command prints one PASS/FAIL line per scenario with its figures
+// (and its notes, indented), then a table of them all; its exit status is 1
+// if any scenario failed, 2 on a usage error.
+//
+// It uses the broker in RABBITMQ_URL (default amqp://guest:guest@127.0.0.1:5672/)
+// and rabbitmqctl on the local node, so run it on the broker's machine, as
+// root or a user rabbitmqctl accepts; `make reliability` starts a local
+// broker first and runs `all`. The scenarios work in a virtual host of their
+// own. flow-control raises a memory alarm and broker-restart stops the
+// broker's application for a few seconds: both take the lock the
+// integration tests share, so they wait for running tests, and always
+// restore the broker, also on Ctrl-C.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mlproducer/mlproducer/internal/reliability"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("reliability", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	duration := fs.Duration("duration", 60*time.Second, "how long the chaos scenario publishes")
+	goroutines := fs.Int("goroutines", 64, "publisher goroutines of the chaos scenario")
+	publishers := fs.Int("publishers", 16, "publisher goroutines of the other scenarios")
+	seed := fs.Uint64("seed", 0, "seed of the chaos scenario's faults (0: from the clock)")
+	verbose := fs.Bool("v", false, "show progress and the Producers' warnings on stderr")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: reliability all|%s [flags]\n\nscenarios:\n", strings.Join(reliability.Names(), "|"))
+		for _, n := range reliability.Names() {
+			fmt.Fprintf(stderr, "  %-22s %s\n", n, reliability.Describe(n))
+		}
+		fmt.Fprintln(stderr, "\nflags:")
+		fs.PrintDefaults()
+	}
+	// The scenario may come before or after the flags.
+	var names []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return 0
+			}
+			return 2
+		}
+		args = fs.Args()
+		if len(args) > 0 {
+			names = append(names, args[0])
+			args = args[1:]
+		}
+	}
+	if len(names) != 1 {
+		fs.Usage()
+		return 2
+	}
+	list := []string{names[0]}
+	if names[0] == "all" {
+		list = reliability.Names()
+	} else if !slices.Contains(reliability.Names(), names[0]) {
+		fmt.Fprintf(stderr, "reliability: unknown scenario %q\n", names[0])
+		fs.Usage()
+		return 2
+	}
+
+	cfg := reliability.Config{
+		ChaosDuration:   *duration,
+		ChaosPublishers: *goroutines,
+		Publishers:      *publishers,
+		Seed:            *seed,
+	}
+	if *verbose {
+		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+		cfg.Logf = func(format string, args ...any) { fmt.Fprintf(stderr, format+"\n", args...) }
+	}
+
+	// Ctrl-C ends the scenario early; it still restores the broker.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r, err := reliability.NewRunner(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	defer func() {
+		if err := r.Close(); err != nil {
+			fmt.Fprintln(stderr, err)
+		}
+	}()
+
+	var results []reliability.Result
+	failed := false
+	for _, name := range list {
+		if ctx.Err() != nil {
+			break
+		}
+		if *verbose {
+			fmt.Fprintf(stderr, "running %s: %s\n", name, reliability.Describe(name))
+		}
+		res := r.Run(ctx, name)
+		results = append(results, res)
+		failed = failed || !res.Pass
+		_ = res.WriteReport(stdout)
+	}
+	fmt.Fprintln(stdout)
+	_ = reliability.WriteTable(stdout, results)
+	if failed || ctx.Err() != nil {
+		return 1
+	}
+	return 0
+}
