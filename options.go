@@ -177,14 +177,24 @@ func checkURL(raw string) error {
 	return nil
 }
 
-// redactURL returns raw with its password replaced by "xxxxx"; an unparsable
-// value is hidden whole, since it may still hold a secret.
+// redactURL returns raw fit to show in an error or a log line. A valid broker
+// URL keeps everything but its password, replaced by "xxxxx". A value that is
+// not one may still hold a password that url.Parse does not see as one
+// ("guest:pw@host", "amqp:/guest:pw@host", a '#' before "://"), so everything
+// up to its last '@' is hidden; an unparsable value without '@' is hidden
+// whole.
 func redactURL(raw string) string {
 	u, err := url.Parse(raw)
+	if err == nil && (u.Scheme == "amqp" || u.Scheme == "amqps") && u.Host != "" {
+		return u.Redacted()
+	}
+	if at := strings.LastIndexByte(raw, '@'); at >= 0 {
+		return "xxxxx" + raw[at:]
+	}
 	if err != nil {
 		return "<unparsable URL>"
 	}
-	return u.Redacted()
+	return raw
 }
 
 // WithURLs sets the brokers to connect to, tried in order with failover: when

@@ -84,12 +84,39 @@ func TestOptionsFromEnvRefusesBadValues(t *testing.T) {
 }
 
 func TestOptionErrorRedactsPassword(t *testing.T) {
-	_, err := applyEnv(t, map[string]string{"RABBITMQ_URL": "http://user:s3cret@host/"})
-	require.Error(t, err)
-	assert.NotContains(t, err.Error(), "s3cret")
-	_, err = New(WithURLs("ftp://user:s3cret@host/"))
-	require.Error(t, err)
-	assert.NotContains(t, err.Error(), "s3cret")
+	// Malformed values that url.Parse takes without seeing a password in
+	// them are the ones that leaked before: the error must not show it either.
+	for _, raw := range []string{
+		"http://user:s3cret@host/",
+		"user:s3cret@127.0.0.1:5672/",
+		"amqp:/user:s3cret@host/",
+		"amqp#://user:s3cret@host/",
+		"amqp://user:s3cret@/",
+		"A#00://:s3cret@0000",
+		"amqp://user:s3cr%zzet@host/",
+	} {
+		t.Run(raw, func(t *testing.T) {
+			_, err := applyEnv(t, map[string]string{"RABBITMQ_URL": raw})
+			require.ErrorIs(t, err, ErrInvalidOption)
+			assert.NotContains(t, err.Error(), "s3cr")
+			_, err = New(WithURLs(raw))
+			require.ErrorIs(t, err, ErrInvalidOption)
+			assert.NotContains(t, err.Error(), "s3cr")
+		})
+	}
+}
+
+func TestRedactURL(t *testing.T) {
+	for raw, want := range map[string]string{
+		"amqp://user:s3cret@host:5672/vh": "amqp://user:xxxxx@host:5672/vh",
+		"amqps://host/":                   "amqps://host/",
+		"amqp:/user:s3cret@host/":         "xxxxx@host/",
+		"user:s3cret@host:5672":           "xxxxx@host:5672",
+		"localhost:5672":                  "localhost:5672",
+		"amqp://h/%zz":                    "<unparsable URL>",
+	} {
+		assert.Equal(t, want, redactURL(raw), raw)
+	}
 }
 
 func TestNewRefusesBadOptions(t *testing.T) {
