@@ -74,6 +74,24 @@ func (b *breaker) waitOpen() time.Duration {
 	return max(d, time.Millisecond)
 }
 
+// halfOpenState reports whether the breaker waits for a probe.
+func (b *breaker) halfOpenState() bool { return b.cb.State() == gobreaker.StateHalfOpen }
+
+// probe runs check. If the breaker is half-open and no publish holds its
+// probe ticket, check's outcome is the probe's: success closes the breaker,
+// failure opens it again. Otherwise the breaker is left as it is.
+func (b *breaker) probe(check func() error) error {
+	if !b.halfOpenState() {
+		return check()
+	}
+	done, aerr := b.cb.Allow()
+	err := check()
+	if aerr == nil {
+		done(err)
+	}
+	return err
+}
+
 // report feeds one dial outcome to the breaker when it takes one.
 func (b *breaker) report(err error) {
 	if done, aerr := b.cb.Allow(); aerr == nil {

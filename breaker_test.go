@@ -24,7 +24,9 @@ func TestBreakerOpensThenProbesThenCloses(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
 		var dl deadLetters
-		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook), mlproducer.WithMaxRetries(0))
+		// No health check: it would be the half-open probe this test gives a publish.
+		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook), mlproducer.WithMaxRetries(0),
+			mlproducer.WithHealthCheckInterval(0))
 		waitConnected(t, p)
 
 		// Ten consecutive nacks: the tenth opens the breaker (default threshold).
@@ -88,7 +90,8 @@ func TestBreakerFailedProbeReopens(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
-		p := newFake(t, b, mlproducer.WithMaxRetries(0), mlproducer.WithCircuitBreaker(3, time.Minute))
+		p := newFake(t, b, mlproducer.WithMaxRetries(0), mlproducer.WithCircuitBreaker(3, time.Minute),
+			mlproducer.WithHealthCheckInterval(0))
 		waitConnected(t, p)
 		b.NackNext(4)
 		for i := 0; i < 3; i++ {
@@ -182,6 +185,71 @@ func TestBreakerCountsDialFailures(t *testing.T) {
 		assert.True(t, p.Status().CircuitBreakerOpen)
 		_, err := publishOne(p)
 		require.ErrorIs(t, err, mlproducer.ErrCircuitOpen)
+		require.NoError(t, closeProducer(t, p))
+	})
+}
+
+// TestBreakerClosesWithoutTraffic: a breaker opened by failed dials closes by
+// itself once the broker is back and the cooldown is over, with no publish to
+// probe it (a service out of rotation because it is not ready gets none): the
+// health check is the probe.
+func TestBreakerClosesWithoutTraffic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		b.RefuseDials(errors.New("connection refused"))
+		p := newFake(t, b, mlproducer.WithCircuitBreaker(3, time.Minute), mlproducer.WithHealthCheckInterval(10*time.Second))
+		for b.Dials() < 3 {
+			time.Sleep(10 * time.Millisecond)
+		}
+		synctest.Wait()
+		require.True(t, p.Status().CircuitBreakerOpen)
+		b.RefuseDials(nil)
+		waitConnected(t, p)
+		require.ErrorIs(t, p.Ready(), mlproducer.ErrNotReady, "connected, but the breaker is open until its cooldown ends")
+
+		time.Sleep(time.Minute + 11*time.Second) // cooldown, then at most one check interval
+		synctest.Wait()
+		assert.False(t, p.Status().CircuitBreakerOpen)
+		require.NoError(t, p.Ready())
+		r, err := publishOne(p)
+		require.NoError(t, err)
+		assert.Equal(t, mlproducer.Confirmed, r.State)
+		require.NoError(t, closeProducer(t, p))
+	})
+}
+
+// TestBreakerFailedHealthProbeReopens: half-open, a health check that fails is
+// a failed probe, and the session is replaced.
+func TestBreakerFailedHealthProbeReopens(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		p := newFake(t, b, mlproducer.WithMaxRetries(0), mlproducer.WithCircuitBreaker(2, time.Minute),
+			mlproducer.WithHealthCheckInterval(7*time.Second), mlproducer.WithConnectionTimeout(time.Minute))
+		waitConnected(t, p)
+		b.NackNext(2)
+		for range 2 {
+			_, err := publishOne(p)
+			require.NoError(t, err)
+		}
+		require.True(t, p.Status().CircuitBreakerOpen)
+		dials := b.Dials()
+		// Just before the cooldown ends the broker stops answering: the first
+		// check after it fails and the redial hangs, so only the check can
+		// have opened the breaker again.
+		time.Sleep(58 * time.Second)
+		synctest.Wait()
+		b.FailChannels(errors.New("channel refused"))
+		b.HangDials(true)
+		time.Sleep(7 * time.Second)
+		synctest.Wait()
+		_, err := publishOne(p)
+		require.ErrorIs(t, err, mlproducer.ErrCircuitOpen, "the failed health probe opened the breaker again")
+		assert.Equal(t, dials+1, b.Dials(), "the failed check ended the session")
+		assert.NotEqual(t, mlproducer.Connected, p.Status().ConnectionState)
+		b.FailChannels(nil)
+		b.HangDials(false)
 		require.NoError(t, closeProducer(t, p))
 	})
 }

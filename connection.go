@@ -55,6 +55,9 @@ func (p *Producer) supervise() {
 			}
 			continue
 		}
+		// A dial that got through, with the topology declared, is a success
+		// for the breaker: it ends a run of failed dials and, half-open, closes it.
+		p.breaker.report(nil)
 		bo.Reset()
 		p.ever = true
 		next %= len(p.cfg.urls)

@@ -49,8 +49,10 @@
 // with messages in flight (one failure per connection), failed dials. While
 // it is open, a publish fails at once with [ErrCircuitOpen] and the retry
 // queue waits; after the cooldown one probe goes through, and its success
-// closes the breaker. A caller's cancelled ctx or an invalid task never
-// counts.
+// closes the breaker. The probe is a publish, a retry, a dial, or, with no
+// traffic at all, the next health check, so a service that its readiness
+// answer took out of rotation comes back by itself. A caller's cancelled ctx
+// or an invalid task never counts.
 //
 // Every health-check interval ([WithHealthCheckInterval]) the Producer makes a
 // real round trip to the broker; a failure forces a reconnect. When the

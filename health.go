@@ -15,10 +15,15 @@ var errProbeTimeout = errors.New("mlproducer: health probe got no answer in time
 // dead TCP peer; this catches a broker that answers heartbeats but not
 // requests. It stays quiet while the broker blocks the connection, since a
 // blocked connection is not read and the probe could only time out.
+//
+// The same round trip is the circuit breaker's probe when no publish comes to
+// be one: once the breaker's cooldown ends, a successful check closes it, so a
+// Producer taken out of rotation by its readiness answer gets back in without
+// traffic. A failed one opens it again.
 func (s *session) health() {
 	defer s.wg.Done()
 	interval := s.p.cfg.healthInterval
-	t := time.NewTicker(interval)
+	t := time.NewTimer(s.nextCheck(interval))
 	defer t.Stop()
 	for {
 		select {
@@ -27,15 +32,31 @@ func (s *session) health() {
 		case <-t.C:
 		}
 		if s.blocked.Load() {
+			t.Reset(interval)
 			continue
 		}
-		if err := s.probe(min(interval, s.p.cfg.connectionTimeout)); err != nil {
+		err := s.p.breaker.probe(func() error { return s.probe(min(interval, s.p.cfg.connectionTimeout)) })
+		if errors.Is(err, errNotSent) {
+			return // the session is ending
+		}
+		if err != nil {
 			s.p.log.Warn("mlproducer: health check failed; reconnecting",
 				slog.String("url", s.url), slog.String("error", err.Error()))
 			s.fail(fmt.Errorf("health check: %w", err))
 			return
 		}
+		t.Reset(s.nextCheck(interval))
 	}
+}
+
+// nextCheck returns the wait before the next check: the interval, or less if
+// an open breaker lets a probe through sooner (a millisecond after its
+// cooldown, so that it is half-open by then).
+func (s *session) nextCheck(interval time.Duration) time.Duration {
+	if d := s.p.breaker.waitOpen(); d > 0 {
+		return min(interval, d+time.Millisecond)
+	}
+	return interval
 }
 
 // probe makes one round trip. The call runs on its own goroutine because the
@@ -60,6 +81,6 @@ func (s *session) probe(timeout time.Duration) error {
 	case <-timer.C:
 		return errProbeTimeout
 	case <-s.ctx.Done():
-		return nil
+		return errNotSent
 	}
 }
