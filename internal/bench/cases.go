@@ -19,13 +19,14 @@ type kind int
 
 const (
 	kindRaw           kind = iota // N callers share one channel, each waits for its own deferred confirm
-	kindRawWindow                 // one goroutine, windowSize confirms outstanding
+	kindRawWindow                 // one goroutine, window confirms outstanding
 	kindRawNoConfirm              // one goroutine, no confirms
 	kindPublish                   // Producer.Publish, prebuilt body
 	kindSummarization             // Producer.PublishSummarization, encoding included
 )
 
-// windowSize is the number of confirms raw-window keeps outstanding.
+// windowSize is the number of confirms raw-window keeps outstanding unless
+// -raw-windows adds others; the issue's upper bound, which the ratios use.
 const windowSize = 256
 
 // spec is one case: what publishes, how many callers, what body size.
@@ -36,6 +37,17 @@ type spec struct {
 	// channels spreads the callers of a raw-N case over this many channels
 	// (-raw-channels); 0 or 1 is the one shared channel of the issue.
 	channels int
+	// window is the number of confirms a raw-window case keeps outstanding;
+	// 0 means windowSize.
+	window int
+}
+
+// windowLen returns the window of a raw-window case.
+func (s spec) windowLen() int {
+	if s.window > 0 {
+		return s.window
+	}
+	return windowSize
 }
 
 func (s spec) name() string {
@@ -46,7 +58,7 @@ func (s spec) name() string {
 		}
 		return fmt.Sprintf("raw-%d", s.callers)
 	case kindRawWindow:
-		return fmt.Sprintf("raw-window%d", windowSize)
+		return fmt.Sprintf("raw-window%d", s.windowLen())
 	case kindRawNoConfirm:
 		return "raw-noconfirm"
 	case kindPublish:
@@ -194,16 +206,17 @@ func (e *env) runRaw(adm *admin, s spec) (outcome, error) {
 				dc *amqp.DeferredConfirmation
 				t0 time.Duration
 			}
-			var ring [windowSize]sent
+			size := s.windowLen()
+			ring := make([]sent, size)
 			head, n := 0, 0
 			for {
 				t := rec.win.now()
-				if n < windowSize && t < rec.win.end && !stopped() {
+				if n < size && t < rec.win.end && !stopped() {
 					dc, err := publish()
 					if err != nil {
 						return err
 					}
-					ring[(head+n)%windowSize] = sent{dc, t}
+					ring[(head+n)%size] = sent{dc, t}
 					n++
 					continue
 				}
@@ -212,7 +225,7 @@ func (e *env) runRaw(adm *admin, s spec) (outcome, error) {
 				}
 				s := ring[head]
 				ring[head] = sent{}
-				head, n = (head+1)%windowSize, n-1
+				head, n = (head+1)%size, n-1
 				if !s.dc.Wait() {
 					return errNack
 				}

@@ -13,7 +13,8 @@
 //   - raw-N: N goroutines share one amqp091-go channel in confirm mode; each
 //     publishes and waits for its own DeferredConfirmation.
 //   - raw-window256: one goroutine keeps 256 confirms outstanding (the upper
-//     bound with confirms).
+//     bound with confirms); -raw-windows adds other windows, e.g. 64, the
+//     most any client gets from 64 messages in flight.
 //   - raw-noconfirm: one goroutine publishes without confirms (the broker's
 //     ingest ceiling).
 //   - producer-publish-N: N goroutines call Producer.Publish with a prebuilt
@@ -69,6 +70,8 @@ type config struct {
 	cpuprofile string
 	// rawChannels spreads raw-N's callers over this many channels.
 	rawChannels int
+	// rawWindows are the windows of the raw-window cases.
+	rawWindows []int
 }
 
 type env struct {
@@ -109,6 +112,7 @@ func parseFlags() (config, error) {
 	var (
 		cfg              config
 		sizes, callers   string
+		windows          string
 		only             string
 		quick            bool
 		duration, warmup time.Duration
@@ -123,6 +127,7 @@ func parseFlags() (config, error) {
 	flag.StringVar(&cfg.vhost, "vhost", "mlproducer-bench", "virtual host to use, created if missing on a local broker; empty: the URL's own")
 	flag.IntVar(&cfg.drainMsgs, "drain-messages", 100_000, "messages queued in the retry-drain case")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
+	flag.StringVar(&windows, "raw-windows", strconv.Itoa(windowSize), "confirms kept outstanding by the raw-window cases, comma-separated (e.g. 64,256: a 64 window is the most any client gets with 64 in flight; the ratios use 256)")
 	flag.IntVar(&cfg.rawChannels, "raw-channels", 1, "spread the callers of raw-N over this many channels of its connection (cases then named raw-N-chK; the ratios need 1)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -164,6 +169,9 @@ func parseFlags() (config, error) {
 	if cfg.callers, err = parseInts(callers); err != nil {
 		return cfg, fmt.Errorf("-callers: %v", err)
 	}
+	if cfg.rawWindows, err = parseInts(windows); err != nil {
+		return cfg, fmt.Errorf("-raw-windows: %v", err)
+	}
 	if only != "" {
 		if cfg.only, err = regexp.Compile(only); err != nil {
 			return cfg, fmt.Errorf("-only: %v", err)
@@ -184,7 +192,10 @@ func plan(cfg config, round int) (specs []spec, drain bool) {
 				spec{kind: kindPublish, callers: n, size: size},
 				spec{kind: kindSummarization, callers: n, size: size})
 		}
-		specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size}, spec{kind: kindRawNoConfirm, callers: 1, size: size})
+		for _, w := range cfg.rawWindows {
+			specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size, window: w})
+		}
+		specs = append(specs, spec{kind: kindRawNoConfirm, callers: 1, size: size})
 	}
 	if cfg.only != nil {
 		specs = slices.DeleteFunc(specs, func(s spec) bool { return !cfg.only.MatchString(s.name()) })
