@@ -318,7 +318,7 @@ func (c *amqpChannel) Confirm(ev ChannelEvents) error {
 // goroutine), so pending returns are drained before each confirm is passed on.
 func watchChannel(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closes <-chan *amqp.Error, ev ChannelEvents) {
 	forwardReturn := func(r amqp.Return) {
-		ev.Return(Return{ReplyCode: r.ReplyCode, ReplyText: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey, MessageID: r.MessageId})
+		ev.Return(Return{ReplyCode: r.ReplyCode, ReplyText: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey, MessageID: r.MessageId, Headers: Table(r.Headers), Body: r.Body})
 	}
 	var closeErr error
 	for confirms != nil || returns != nil {
@@ -401,4 +401,19 @@ func (c *amqpChannel) Close() error {
 		return nil
 	}
 	return err
+}
+
+// ReplyCode returns the AMQP reply code of the broker exception in err's
+// chain (a [ReplyCoder] or an amqp091-go *amqp.Error), or 0 when err is not a
+// broker exception (a network failure, a timeout, nil).
+func ReplyCode(err error) uint16 {
+	var rc ReplyCoder
+	if errors.As(err, &rc) {
+		return rc.ReplyCode()
+	}
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		return uint16(ae.Code)
+	}
+	return 0
 }

@@ -109,13 +109,27 @@ type Confirmation struct {
 	Multiple    bool
 }
 
-// Return is a basic.return of an unroutable mandatory publishing.
+// Return is a basic.return of an unroutable mandatory publishing. It carries
+// the publishing's message ID, headers and body back, so that the client can
+// tell which of several publishings with one message ID it belongs to.
 type Return struct {
 	ReplyCode  uint16
 	ReplyText  string
 	Exchange   string
 	RoutingKey string
 	MessageID  string
+	Headers    Table
+	Body       []byte
+}
+
+// ReplyCoder is implemented by the broker exceptions (AMQP channel and
+// connection errors) that an implementation reports, so that a user can tell a
+// message-level refusal (406 PRECONDITION_FAILED, 403 ACCESS_REFUSED) from a
+// network failure. amqp091-go's *amqp.Error is recognised by [ReplyCode] too.
+type ReplyCoder interface {
+	error
+	// ReplyCode is the AMQP reply code, for example 406.
+	ReplyCode() uint16
 }
 
 // Publishing is one message as sent on the wire.
