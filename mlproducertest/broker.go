@@ -2,12 +2,30 @@
 // implements [transport.Dialer], so that a real mlproducer Producer (or any
 // other user of package transport) can be tested with no broker.
 //
-// Its main purpose is fault injection: refused dials ([Broker.RefuseDials],
-// [Broker.RefuseURL]), dropped connections ([Broker.DropConnections]),
-// connection.blocked back-pressure ([Broker.Block]), nacks, lost, late,
-// delayed and coalesced confirms ([Broker.SetFaults], [Broker.NackNext],
-// [Broker.HoldConfirms]) and basic.return of unroutable mandatory messages.
-// What reached the queues can be inspected with [Broker.Messages].
+// Its main purpose is fault injection, modelling what a real RabbitMQ does:
+//
+//   - refused and black-holed dials ([Broker.RefuseDials], [Broker.RefuseURL],
+//     [Broker.HangDials]);
+//   - dropped connections ([Broker.DropConnections]): the messages whose
+//     confirm had not been delivered stay stored, never confirmed;
+//   - a broker that completed the handshake but stops answering channel.open,
+//     declarations and confirm.select ([Broker.HangChannels]), or refuses
+//     channels ([Broker.FailChannels]);
+//   - back-pressure with connection.blocked ([Broker.Block]) and without it,
+//     as RabbitMQ's credit flow gives ([Broker.StallWrites]);
+//   - nacks, lost, late, delayed and coalesced confirms, single and multiple
+//     ([Broker.SetFaults], [Faults], [Broker.NackNext], [Broker.HoldConfirms]);
+//   - basic.return of unroutable mandatory messages, carrying the
+//     publishing's headers and body, and returns held together with the
+//     acks in channel order, as a congested channel delivers them
+//     ([Broker.HoldEvents]);
+//   - channel errors: a publishing over the maximum message size
+//     ([Broker.SetMaxMessageSize]: 406) or to a missing exchange (404)
+//     closes its channel.
+//
+// What reached the broker can be inspected with [Broker.Messages],
+// [Broker.StoredIDs], [Broker.SendCounts], [Broker.Published],
+// [Broker.Dials] and [Broker.DialTimes].
 //
 // # Model
 //
@@ -15,9 +33,13 @@
 // shared by every connection of a Broker. A publishing is routed, stored and
 // its outcome (ack, nack, return, lost confirm, delay) decided when Publish
 // is called; only the delivery of the resulting events is asynchronous.
-// Channel errors behave like RabbitMQ's: publishing to a missing exchange
-// (404 NOT_FOUND) or redeclaring with other properties (406
-// PRECONDITION_FAILED) closes the channel and reports an [*Error].
+// Channel errors behave like RabbitMQ's and close the channel with an
+// [*Error]: a declaration with other properties (406 PRECONDITION_FAILED)
+// fails the call that made it; a publishing to a missing exchange (404
+// NOT_FOUND) or over the maximum message size (406) does not fail its
+// Publish, which has no answer in AMQP, but the channel's Closed callback
+// gets the error after the events already due, and every later call on the
+// channel fails with an error wrapping [ErrClosed] and the [*Error].
 //
 // # Concurrency
 //
@@ -36,6 +58,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"reflect"
 	"slices"
@@ -65,6 +88,12 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("mlproducertest: exception (%d) %s", e.Code, e.Reason)
 }
 
+// ReplyCode returns e.Code; it makes *Error a [transport.ReplyCoder], so that
+// [transport.ReplyCode] finds it.
+func (e *Error) ReplyCode() uint16 { return e.Code }
+
+var _ transport.ReplyCoder = (*Error)(nil)
+
 // Delivery is a message stored in a queue.
 type Delivery struct {
 	// Exchange is the exchange it was published to ("" for the default one).
@@ -93,6 +122,11 @@ type Faults struct {
 	// MultipleAcks coalesces acks that are ready at the same time into one
 	// Confirmation with Multiple set; see [Broker.SetFaults].
 	MultipleAcks bool
+	// MultipleNacks does the same for nacks: nacks of one channel ready at
+	// the same time become one Confirmation{Ack: false, Multiple: true}, under
+	// the rules of MultipleAcks. NackNext(n) with HoldConfirms gives a
+	// multiple nack on release.
+	MultipleNacks bool
 	// Seed seeds the random source so that runs are reproducible; 0 is a
 	// fixed default seed.
 	Seed int64
@@ -101,7 +135,8 @@ type Faults struct {
 // Broker is an in-memory fake RabbitMQ broker. Create it with [NewBroker];
 // the zero value is not usable. All methods are safe for concurrent use and
 // none of them blocks, except Dial under [Broker.HangDials] and
-// [Broker.Close].
+// [Broker.Close] (and, on connections and channels, the calls held by
+// [Broker.HangChannels], [Broker.Block] and [Broker.StallWrites]).
 type Broker struct {
 	mu sync.Mutex
 	wg sync.WaitGroup // one per connection goroutine
@@ -116,16 +151,21 @@ type Broker struct {
 	chanErr   error
 	refuseURL map[string]error
 	hung      chan struct{} // non-nil while dials hang; closed to release them
-	dials     int
+	hangChans chan struct{} // non-nil while channel RPCs hang; closed to release them
+	dialTimes []time.Time
 	published int
+	sends     map[string]int // MessageID -> publishings received
+	maxSize   int            // 0: no limit
 
 	blockReason string
 	unblocked   chan struct{} // non-nil while blocked; closed by Unblock
+	stalled     chan struct{} // non-nil while writes stall; closed by StallWrites(false)
 
-	faults   Faults
-	rng      *rand.Rand
-	nackNext int
-	hold     bool
+	faults     Faults
+	rng        *rand.Rand
+	nackNext   int
+	hold       bool // confirms held (HoldConfirms)
+	holdEvents bool // confirms and returns held (HoldEvents)
 }
 
 type exchange struct {
@@ -151,6 +191,7 @@ func NewBroker() *Broker {
 		queues:    make(map[string]*queue),
 		conns:     make(map[*conn]struct{}),
 		refuseURL: make(map[string]error),
+		sends:     make(map[string]int),
 		rng:       newRand(0),
 	}
 	for _, k := range []string{"direct", "fanout", "topic"} {
@@ -168,14 +209,14 @@ func newRand(seed int64) *rand.Rand {
 // by [Broker.RefuseURL] or [Broker.RefuseDials], or with [ErrClosed] after
 // [Broker.Close]. The url is not parsed. If the broker is blocked
 // ([Broker.Block]) the new connection is told so at once through
-// cfg.OnBlocked. Every call counts in [Broker.Dials].
+// cfg.OnBlocked. Every call counts in [Broker.Dials] and [Broker.DialTimes].
 func (b *Broker) Dial(ctx context.Context, url string, cfg transport.Config) (transport.Conn, error) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.dials++
+	b.dialTimes = append(b.dialTimes, time.Now())
 	for b.hung != nil && ctx.Err() == nil {
 		hung := b.hung
 		b.mu.Unlock()
@@ -195,7 +236,7 @@ func (b *Broker) Dial(ctx context.Context, url string, cfg transport.Config) (tr
 	case b.refuseAll != nil:
 		return nil, b.refuseAll
 	}
-	c := &conn{b: b, cfg: cfg, wake: make(chan struct{}, 1)}
+	c := &conn{b: b, cfg: cfg, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	b.conns[c] = struct{}{}
 	if b.unblocked != nil {
 		c.pushLocked(event{kind: evBlocked, blocked: true, reason: b.blockReason, due: time.Now()})
@@ -248,11 +289,40 @@ func (b *Broker) FailChannels(err error) {
 	b.chanErr = err
 }
 
+// HangChannels with true models a broker that completed the handshake (and
+// still sends heartbeats) but stops answering: later and pending calls of
+// Conn.Channel (channel.open), ExchangeDeclare, QueueDeclare, QueueBind and
+// Confirm (confirm.select) block, with no deadline, as they do in amqp091-go.
+// HangChannels(false) lets them proceed normally. A call blocked on a
+// connection or channel that is closed meanwhile ([transport.Conn.Close],
+// [transport.Channel.Close], [Broker.DropConnections], [Broker.Close]) returns
+// an error wrapping [ErrClosed]. Publish and the events of live channels are
+// not affected.
+func (b *Broker) HangChannels(hang bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if hang && b.hangChans == nil {
+		b.hangChans = make(chan struct{})
+	} else if !hang && b.hangChans != nil {
+		close(b.hangChans)
+		b.hangChans = nil
+	}
+}
+
 // Dials returns the number of Dial calls so far, successful or not.
 func (b *Broker) Dials() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.dials
+	return len(b.dialTimes)
+}
+
+// DialTimes returns the time ([time.Now]) at which each Dial call so far was
+// made, successful or not, in call order. Inside a synctest bubble these are
+// the bubble's fake times, so a test can check the spacing of reconnects.
+func (b *Broker) DialTimes() []time.Time {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.dialTimes)
 }
 
 // DropConnections closes every live connection as if the network had failed
@@ -294,6 +364,41 @@ func (b *Broker) Block(reason string) {
 	}
 }
 
+// StallWrites with true models TCP back-pressure with no connection.blocked,
+// as RabbitMQ's credit flow control applies it: Channel.Publish blocks,
+// ignoring its ctx (as amqp091-go does once it writes), until
+// StallWrites(false) or until its channel or connection closes; then it
+// returns an error wrapping [ErrClosed] and the publishing never reached the
+// broker (it is not stored and counts neither in [Broker.Published] nor in
+// [Broker.SendCounts]). OnBlocked is not called. It is independent of
+// [Broker.Block]: a Publish proceeds once neither holds it.
+func (b *Broker) StallWrites(stall bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if stall && b.stalled == nil {
+		b.stalled = make(chan struct{})
+	} else if !stall && b.stalled != nil {
+		close(b.stalled)
+		b.stalled = nil
+	}
+}
+
+// SetMaxMessageSize sets the largest body, in bytes, that the broker accepts
+// (RabbitMQ's max_message_size); 0, the default, means no limit. A later
+// publishing with a larger body is refused as RabbitMQ refuses it: the
+// broker closes the channel with a 406 PRECONDITION_FAILED [*Error]
+// ("message size X is larger than configured max size n"). Publish itself
+// returns a delivery tag and a nil error, since basic.publish has no answer;
+// the message is not stored, nothing published later on the channel is
+// stored or confirmed (later calls fail with an error wrapping [ErrClosed]),
+// and the channel's Closed callback gets the *Error after its events already
+// due. Confirms still held or delayed at that moment are discarded.
+func (b *Broker) SetMaxMessageSize(n int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.maxSize = max(n, 0)
+}
+
 // Unblock raises connection.unblocked: live connections get
 // OnBlocked(false, "") and blocked Publish calls proceed. It does nothing if
 // the broker is not blocked.
@@ -319,7 +424,8 @@ func (b *Broker) Unblock() {
 // Multiple set and the highest tag, provided every lower tag of the channel
 // has already been confirmed or is in that batch. A nack, a Return or a lost
 // confirm ends the batch: a multiple ack never covers a lost confirm.
-// MultipleAcks is read when confirms are delivered.
+// f.MultipleNacks does the same for nacks (an ack ends their batch).
+// MultipleAcks and MultipleNacks are read when confirms are delivered.
 func (b *Broker) SetFaults(f Faults) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -341,16 +447,53 @@ func (b *Broker) NackNext(n int) {
 // OnBlocked are not held. Use it to model a broker that never confirms, a
 // confirm that arrives after the client's timeout, or to batch acks for
 // [Faults.MultipleAcks]. Confirm delays ([Faults.ConfirmDelay]) keep running
-// while held.
+// while held. To hold returns too, see [Broker.HoldEvents].
+//
+// HoldConfirms (or HoldEvents) followed by [Broker.DropConnections] models a
+// message that the broker stored but whose confirm was lost with the
+// connection: it is in [Broker.Messages] and never confirmed.
 func (b *Broker) HoldConfirms(hold bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.hold = hold
 	if !hold {
-		for c := range b.conns {
-			c.wakeUp()
-		}
+		b.wakeAllLocked()
 	}
+}
+
+// HoldEvents with true stops the delivery of confirms and returns together,
+// as a congested channel or network delays the broker's basic.return and
+// basic.ack frames: they are kept in channel order (a return before the ack
+// of the same publishing, as RabbitMQ sends them; the confirms of other
+// publishings interleaved as they were produced) until HoldEvents(false)
+// delivers them in that order, or they are discarded when their channel or
+// connection closes. Closed and OnBlocked are not held. Confirms stay held
+// while [Broker.HoldConfirms] is on, whatever HoldEvents says; HoldConfirms
+// itself does not hold returns.
+func (b *Broker) HoldEvents(hold bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.holdEvents = hold
+	if !hold {
+		b.wakeAllLocked()
+	}
+}
+
+func (b *Broker) wakeAllLocked() {
+	for c := range b.conns {
+		c.wakeUp()
+	}
+}
+
+// heldLocked reports whether the delivery of e is held.
+func (b *Broker) heldLocked(e event) bool {
+	switch e.kind {
+	case evConfirm:
+		return b.hold || b.holdEvents
+	case evReturn:
+		return b.holdEvents
+	}
+	return false
 }
 
 // Messages returns copies of the messages stored in queue, in arrival order,
@@ -383,13 +526,39 @@ func (b *Broker) MessageIDs(queue string) []string {
 	return ids
 }
 
+// StoredIDs returns, for each MessageID, how many copies of it are stored
+// across all queues (a message routed to two queues counts twice).
+func (b *Broker) StoredIDs() map[string]int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := make(map[string]int)
+	for _, q := range b.queues {
+		for _, d := range q.msgs {
+			out[d.MessageID]++
+		}
+	}
+	return out
+}
+
 // Published returns the number of publishings the broker received on open
 // channels, whatever became of them (stored, dropped, returned, nacked),
-// except those refused because their exchange did not exist.
+// except those refused with a channel error (missing exchange, over the
+// maximum message size).
 func (b *Broker) Published() int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.published
+}
+
+// SendCounts returns, for each MessageID, the number of publishings the
+// broker received with it, whatever became of them: stored, nacked,
+// returned, lost, or refused with a channel error. A Publish that failed
+// (on a closed channel, or ended by a close while held by [Broker.Block] or
+// [Broker.StallWrites]) did not reach the broker and does not count.
+func (b *Broker) SendCounts() map[string]int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return maps.Clone(b.sends)
 }
 
 // Conns returns the number of live connections.

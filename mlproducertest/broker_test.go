@@ -19,8 +19,9 @@ import (
 
 // recorder logs every callback it receives as a short string.
 type recorder struct {
-	mu  sync.Mutex
-	log []string
+	mu   sync.Mutex
+	log  []string
+	rets []transport.Return
 }
 
 func (r *recorder) add(format string, args ...any) {
@@ -48,6 +49,9 @@ func (r *recorder) events() transport.ChannelEvents {
 			r.add("%s %d", s, c.DeliveryTag)
 		},
 		Return: func(rt transport.Return) {
+			r.mu.Lock()
+			r.rets = append(r.rets, rt)
+			r.mu.Unlock()
 			r.add("return %d %s %s %s %s", rt.ReplyCode, rt.ReplyText, rt.Exchange, rt.RoutingKey, rt.MessageID)
 		},
 		Closed: func(err error) { r.add("closed %v", err) },
@@ -540,30 +544,40 @@ func TestRefuseDials(t *testing.T) {
 	})
 }
 
+// TestUnknownExchangeClosesChannel: like RabbitMQ, a publishing to a missing
+// exchange gets no answer of its own (Publish succeeds); the broker closes
+// the channel with a 404, reported by Closed after the earlier acks, and
+// every later call on the channel fails.
 func TestUnknownExchangeClosesChannel(t *testing.T) {
 	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
 		conn, ch, r := open(t, b)
 		declare(t, ch)
 		publish(t, ch, "ml.tasks", "ml.embedding", true, "1")
-		_, err := ch.Publish(t.Context(), "missing", "k", true, msg("2"))
+		assertEqual(t, uint64(2), publish(t, ch, "missing", "k", true, "2"), "the refused publishing has its tag")
+		_, err := ch.Publish(t.Context(), "ml.tasks", "ml.embedding", true, msg("3"))
+		assertErrorIs(t, err, mlproducertest.ErrClosed)
 		var amqpErr *mlproducertest.Error
 		requireErrorAs(t, err, &amqpErr)
 		assertEqual(t, uint16(404), amqpErr.Code)
-		_, err = ch.Publish(t.Context(), "ml.tasks", "ml.embedding", true, msg("3"))
-		assertErrorIs(t, err, mlproducertest.ErrClosed)
-		requireErrorAs(t, err, &amqpErr)
-		assertEqual(t, uint16(404), amqpErr.Code)
+		assertEqual(t, uint16(404), transport.ReplyCode(err))
 		synctest.Wait()
 		assertEqual(t, []string{"ack 1", "closed " + amqpErr.Error()}, r.get(), "earlier acks come first")
+		assertEqual(t, []string{"1"}, b.MessageIDs("ml.embedding"))
+		assertEqual(t, map[string]int{"1": 1, "2": 1}, b.SendCounts(), "the refused publishing reached the broker")
 
 		// The connection survives a channel error; an operator deleting the
 		// exchange has the same effect.
 		ch2, err := conn.Channel()
 		requireNoError(t, err)
+		r2 := &recorder{}
+		requireNoError(t, ch2.Confirm(r2.events()))
 		b.DeleteExchange("ml.tasks")
-		_, err = ch2.Publish(t.Context(), "ml.tasks", "ml.embedding", true, msg("4"))
+		publish(t, ch2, "ml.tasks", "ml.embedding", true, "4")
+		_, err = ch2.Publish(t.Context(), "ml.tasks", "ml.embedding", true, msg("5"))
 		requireErrorAs(t, err, &amqpErr)
 		assertEqual(t, uint16(404), amqpErr.Code)
+		synctest.Wait()
+		assertEqual(t, []string{"closed " + amqpErr.Error()}, r2.get())
 		assertEqual(t, 1, b.Published())
 		assertEqual(t, 1, b.Conns())
 	})
@@ -654,7 +668,7 @@ func TestCallbacksOnOwnGoroutine(t *testing.T) {
 		publish(t, ch, "", "q", true, "1")
 		publish(t, ch, "", "nope", true, "2")
 		_, err := ch.Publish(t.Context(), "nope", "k", false, msg("3"))
-		requireError(t, err)
+		requireNoError(t, err) // the 404 closes the channel asynchronously
 		b.Block("x")
 		b.Unblock()
 		requireNoError(t, conn.Close())
@@ -790,10 +804,414 @@ func TestHangDials(t *testing.T) {
 func TestDropAfterChannelErrorStillReportsClosedOnce(t *testing.T) {
 	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
 		_, ch, r := open(t, b)
-		_, err := ch.Publish(t.Context(), "missing", "k", false, msg("1"))
-		requireError(t, err)
+		publish(t, ch, "missing", "k", false, "1")
+		_, err := ch.Publish(t.Context(), "", "k", false, msg("2"))
+		var amqpErr *mlproducertest.Error
+		requireErrorAs(t, err, &amqpErr)
 		b.DropConnections(errors.New("boom"))
 		synctest.Wait()
-		assertEqual(t, []string{"closed " + err.Error(), "conn-closed boom"}, r.get())
+		assertEqual(t, []string{"closed " + amqpErr.Error(), "conn-closed boom"}, r.get())
+	})
+}
+
+// returned reports whether a call made in a goroutine has finished.
+func returned[T any](c chan T) bool { return len(c) > 0 }
+
+func TestHoldEventsKeepsChannelOrder(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, r := open(t, b)
+		declare(t, ch)
+		_, ch2, r2 := open(t, b)
+		b.HoldEvents(true)
+		publish(t, ch, "ml.tasks", "nokey", true, "m1") // returned, then acked
+		publish(t, ch, "ml.tasks", "ml.embedding", true, "m2")
+		publish(t, ch2, "ml.tasks", "ml.embedding", true, "o1") // another channel
+		publish(t, ch, "ml.tasks", "nokey", true, "m3")
+		b.Block("x") // OnBlocked is not held
+		b.Unblock()
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		assertEqual(t, []string{"blocked true x", "blocked false "}, r.get(), "returns and acks are held")
+		assertEqual(t, []string{"blocked true x", "blocked false "}, r2.get())
+		assertEqual(t, []string{"m2", "o1"}, b.MessageIDs("ml.embedding"), "stored while held")
+
+		b.HoldEvents(false)
+		synctest.Wait()
+		assertEqual(t, []string{"blocked true x", "blocked false ",
+			"return 312 NO_ROUTE ml.tasks nokey m1", "ack 1", "ack 2", "return 312 NO_ROUTE ml.tasks nokey m3", "ack 3"},
+			r.get(), "released in channel order, each return before its ack")
+		assertEqual(t, []string{"blocked true x", "blocked false ", "ack 1"}, r2.get())
+	})
+}
+
+func TestHoldEventsWithMultipleAcks(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, r := open(t, b)
+		requireNoError(t, ch.QueueDeclare("q", true, nil))
+		b.SetFaults(mlproducertest.Faults{MultipleAcks: true})
+		b.HoldEvents(true)
+		publish(t, ch, "", "q", true, "1")
+		publish(t, ch, "", "q", true, "2")
+		publish(t, ch, "", "nope", true, "3")
+		publish(t, ch, "", "q", true, "4")
+		publish(t, ch, "", "q", true, "5")
+		b.HoldEvents(false)
+		synctest.Wait()
+		assertEqual(t, []string{"ack* 2", "return 312 NO_ROUTE  nope 3", "ack* 5"}, r.get(),
+			"a return ends a batch of acks; its own ack may open the next")
+	})
+}
+
+// TestHoldEventsAndHoldConfirms: HoldConfirms keeps confirms held after
+// HoldEvents(false), which then releases the returns only.
+func TestHoldEventsAndHoldConfirms(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, r := open(t, b)
+		b.HoldEvents(true)
+		b.HoldConfirms(true)
+		publish(t, ch, "", "nope", true, "1")
+		b.HoldEvents(false)
+		synctest.Wait()
+		assertEqual(t, []string{"return 312 NO_ROUTE  nope 1"}, r.get())
+		b.HoldConfirms(false)
+		synctest.Wait()
+		assertEqual(t, []string{"return 312 NO_ROUTE  nope 1", "ack 1"}, r.get())
+	})
+}
+
+func TestHoldEventsDiscardedOnClose(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		conn, ch, r := open(t, b)
+		requireNoError(t, ch.QueueDeclare("q", true, nil))
+		ch2, err := conn.Channel()
+		requireNoError(t, err)
+		r2 := &recorder{}
+		requireNoError(t, ch2.Confirm(r2.events()))
+		publish(t, ch, "", "q", true, "1")
+		synctest.Wait()
+		b.HoldEvents(true)
+		publish(t, ch, "", "q", true, "2")
+		publish(t, ch, "", "nope", true, "3")
+		publish(t, ch2, "", "q", true, "4")
+		requireNoError(t, ch.Close())
+		synctest.Wait()
+		assertEqual(t, []string{"ack 1", "closed <nil>"}, r.get(), "Closed is not held; held events are discarded")
+		b.HoldEvents(false)
+		synctest.Wait()
+		assertEqual(t, []string{"ack 1", "closed <nil>"}, r.get())
+		assertEqual(t, []string{"ack 1"}, r2.get(), "the other channel's events are kept")
+		assertEqual(t, []string{"1", "2", "4"}, b.MessageIDs("q"))
+	})
+}
+
+// TestStoredButConfirmLostWithConnection: held events and a dropped
+// connection give messages that the broker stored and never confirmed (and
+// a return never delivered): the client cannot tell them from lost ones.
+func TestStoredButConfirmLostWithConnection(t *testing.T) {
+	for _, hold := range []string{"HoldEvents", "HoldConfirms"} {
+		t.Run(hold, func(t *testing.T) {
+			bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+				_, ch, r := open(t, b)
+				requireNoError(t, ch.QueueDeclare("q", true, nil))
+				setHold := b.HoldEvents
+				if hold == "HoldConfirms" {
+					setHold = b.HoldConfirms
+				}
+				setHold(true)
+				publish(t, ch, "", "q", true, "1")
+				publish(t, ch, "", "q", true, "2")
+				b.DropConnections(errors.New("net"))
+				setHold(false)
+				time.Sleep(time.Hour)
+				synctest.Wait()
+				assertEqual(t, []string{"closed net", "conn-closed net"}, r.get(), "never confirmed")
+				assertEqual(t, map[string]int{"1": 1, "2": 1}, b.StoredIDs(), "but stored")
+			})
+		})
+	}
+}
+
+func TestMultipleNacks(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, r := open(t, b)
+		requireNoError(t, ch.QueueDeclare("q", true, nil))
+		b.SetFaults(mlproducertest.Faults{MultipleNacks: true})
+		b.HoldConfirms(true)
+		b.NackNext(3)
+		for i := 1; i <= 5; i++ {
+			publish(t, ch, "", "q", false, fmt.Sprint(i))
+		}
+		b.HoldConfirms(false)
+		synctest.Wait()
+		assertEqual(t, []string{"nack* 3", "ack 4", "ack 5"}, r.get(), "acks are not coalesced without MultipleAcks")
+
+		b.SetFaults(mlproducertest.Faults{MultipleNacks: true, MultipleAcks: true})
+		b.HoldConfirms(true)
+		publish(t, ch, "", "q", false, "6")
+		publish(t, ch, "", "q", false, "7")
+		b.NackNext(2)
+		publish(t, ch, "", "q", false, "8")
+		publish(t, ch, "", "q", false, "9")
+		publish(t, ch, "", "nope", true, "10") // returned, then acked
+		b.NackNext(1)
+		publish(t, ch, "", "q", false, "11")
+		synctest.Wait() // the return is not held
+		b.HoldConfirms(false)
+		synctest.Wait()
+		assertEqual(t, []string{"nack* 3", "ack 4", "ack 5", "return 312 NO_ROUTE  nope 10", "ack* 7", "nack* 9", "ack 10", "nack 11"}, r.get(),
+			"an ack ends a batch of nacks and a nack one of acks")
+		assertEqual(t, []string{"4", "5", "6", "7"}, b.MessageIDs("q"))
+	})
+}
+
+func TestMultipleNacksNeverCoverUnconfirmedTag(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, r := open(t, b)
+		requireNoError(t, ch.QueueDeclare("q", true, nil))
+		b.HoldConfirms(true)
+		b.SetFaults(mlproducertest.Faults{MultipleNacks: true, LoseConfirmRate: 1})
+		publish(t, ch, "", "q", false, "1") // stored, confirm lost
+		b.SetFaults(mlproducertest.Faults{MultipleNacks: true})
+		b.NackNext(3)
+		for i := 2; i <= 4; i++ {
+			publish(t, ch, "", "q", false, fmt.Sprint(i))
+		}
+		b.HoldConfirms(false)
+		synctest.Wait()
+		assertEqual(t, []string{"nack 2", "nack 3", "nack 4"}, r.get())
+	})
+}
+
+func TestHangChannels(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		conn, ch, r := open(t, b)
+		declare(t, ch)
+		fresh, err := conn.Channel()
+		requireNoError(t, err)
+		b.HangChannels(true)
+
+		calls := map[string]func() error{
+			"channel":  func() error { _, err := conn.Channel(); return err },
+			"exchange": func() error { return fresh.ExchangeDeclare("ml.tasks", "direct", true, nil) },
+			"queue": func() error {
+				return fresh.QueueDeclare("ml.embedding", true, transport.Table{"x-queue-type": "quorum"})
+			},
+			"bind":    func() error { return fresh.QueueBind("ml.embedding", "ml.embedding", "ml.tasks") },
+			"confirm": func() error { return fresh.Confirm((&recorder{}).events()) },
+		}
+		done := make(chan error, len(calls))
+		for _, f := range calls {
+			go func() { done <- f() }()
+		}
+		publish(t, ch, "ml.tasks", "ml.embedding", true, "1") // a live channel works
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		assertTrue(t, !returned(done), "no channel RPC answers")
+		assertEqual(t, []string{"ack 1"}, r.get(), "events of live channels flow")
+
+		b.HangChannels(false)
+		for range calls {
+			requireNoError(t, <-done)
+		}
+		assertEqual(t, uint64(1), publish(t, fresh, "ml.tasks", "ml.embedding", true, "2"), "confirm.select went through")
+	})
+}
+
+func TestHangChannelsEndsWithConnection(t *testing.T) {
+	boom := errors.New("boom")
+	for _, end := range []string{"conn.Close", "channel.Close", "DropConnections", "Broker.Close"} {
+		t.Run(end, func(t *testing.T) {
+			bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+				conn, err := b.Dial(t.Context(), "amqp://fake", transport.Config{})
+				requireNoError(t, err)
+				ch, err := conn.Channel()
+				requireNoError(t, err)
+				b.HangChannels(true)
+				defer b.HangChannels(false)
+				done := make(chan error, 2)
+				go func() { done <- ch.QueueDeclare("q", true, nil) }()
+				if end != "channel.Close" {
+					go func() { _, err := conn.Channel(); done <- err }()
+				}
+				synctest.Wait()
+				assertTrue(t, !returned(done), "hung")
+				switch end {
+				case "conn.Close":
+					requireNoError(t, conn.Close())
+				case "channel.Close":
+					requireNoError(t, ch.Close())
+				case "DropConnections":
+					b.DropConnections(boom)
+				case "Broker.Close":
+					b.Close()
+				}
+				n := 2
+				if end == "channel.Close" {
+					n = 1
+				}
+				for range n {
+					err := <-done
+					assertErrorIs(t, err, mlproducertest.ErrClosed, end)
+					if end == "DropConnections" {
+						assertErrorIs(t, err, boom)
+					}
+				}
+				requireNoError(t, conn.Close())
+			})
+		})
+	}
+}
+
+func TestStallWrites(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, r := open(t, b)
+		requireNoError(t, ch.QueueDeclare("q", true, nil))
+		b.StallWrites(true)
+		ctx, cancel := context.WithCancel(t.Context())
+		type result struct {
+			tag uint64
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			tag, err := ch.Publish(ctx, "", "q", false, msg("1"))
+			done <- result{tag, err}
+		}()
+		synctest.Wait()
+		cancel() // ignored once writing
+		time.Sleep(time.Hour)
+		synctest.Wait()
+		assertTrue(t, !returned(done), "Publish stalls")
+		assertEmpty(t, r.get(), "no connection.blocked")
+		assertEqual(t, 0, b.Published())
+		assertEmpty(t, b.SendCounts())
+
+		b.StallWrites(false)
+		res := <-done
+		requireNoError(t, res.err)
+		assertEqual(t, uint64(1), res.tag)
+		synctest.Wait()
+		assertEqual(t, []string{"ack 1"}, r.get())
+		assertEqual(t, map[string]int{"1": 1}, b.SendCounts())
+
+		// Independent of Block: the Publish proceeds once neither holds it.
+		b.StallWrites(true)
+		b.Block("mem")
+		go func() {
+			tag, err := ch.Publish(t.Context(), "", "q", false, msg("2"))
+			done <- result{tag, err}
+		}()
+		synctest.Wait()
+		b.Unblock()
+		synctest.Wait()
+		assertTrue(t, !returned(done), "still stalled after Unblock")
+		b.Block("mem")
+		b.StallWrites(false)
+		synctest.Wait()
+		assertTrue(t, !returned(done), "still blocked")
+		b.Unblock()
+		res = <-done
+		requireNoError(t, res.err)
+		assertEqual(t, uint64(2), res.tag)
+		synctest.Wait()
+		assertEqual(t, []string{"ack 1", "blocked true mem", "blocked false ", "blocked true mem", "blocked false ", "ack 2"}, r.get())
+	})
+}
+
+func TestStalledWriteFailsWithConnection(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, _ := open(t, b)
+		conn2, ch2, _ := open(t, b)
+		requireNoError(t, ch.QueueDeclare("q", true, nil))
+		b.StallWrites(true)
+		errs := make(chan error, 2)
+		go func() { _, err := ch.Publish(t.Context(), "", "q", false, msg("1")); errs <- err }()
+		go func() { _, err := ch2.Publish(t.Context(), "", "q", false, msg("2")); errs <- err }()
+		synctest.Wait()
+		requireNoError(t, conn2.Close())
+		assertErrorIs(t, <-errs, mlproducertest.ErrClosed)
+		boom := errors.New("boom")
+		b.DropConnections(boom)
+		err := <-errs
+		assertErrorIs(t, err, mlproducertest.ErrClosed)
+		assertErrorIs(t, err, boom)
+		b.StallWrites(false)
+		assertEqual(t, 0, b.Published())
+		assertEmpty(t, b.SendCounts(), "a failed write did not reach the broker")
+		assertEmpty(t, b.StoredIDs())
+	})
+}
+
+func TestReturnCarriesHeadersAndBody(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, r := open(t, b)
+		m := msg("1")
+		_, err := ch.Publish(t.Context(), "", "nope", true, m)
+		requireNoError(t, err)
+		m.Body[0] = 'X' // the caller reuses its buffers
+		m.Headers["x-attempt"] = 9
+		synctest.Wait()
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		assertEqual(t, []transport.Return{{
+			ReplyCode: 312, ReplyText: "NO_ROUTE", RoutingKey: "nope", MessageID: "1",
+			Headers: msg("1").Headers, Body: msg("1").Body,
+		}}, r.rets, "the publishing's headers and body, as sent")
+	})
+}
+
+func TestReplyCode(t *testing.T) {
+	e := &mlproducertest.Error{Code: 406, Reason: "PRECONDITION_FAILED - x"}
+	assertEqual(t, uint16(406), e.ReplyCode())
+	var rc transport.ReplyCoder = e
+	assertEqual(t, uint16(406), transport.ReplyCode(fmt.Errorf("wrapped: %w", rc)))
+}
+
+func TestDialTimes(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		start := time.Now()
+		conn, err := b.Dial(t.Context(), "amqp://a", transport.Config{})
+		requireNoError(t, err)
+		requireNoError(t, conn.Close())
+		time.Sleep(time.Second)
+		b.RefuseDials(errors.New("down"))
+		_, err = b.Dial(t.Context(), "amqp://a", transport.Config{})
+		requireError(t, err)
+		time.Sleep(2 * time.Second)
+		b.HangDials(true)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		_, err = b.Dial(ctx, "amqp://a", transport.Config{})
+		assertErrorIs(t, err, context.DeadlineExceeded)
+		times := b.DialTimes()
+		assertEqual(t, []time.Time{start, start.Add(time.Second), start.Add(3 * time.Second)}, times, "when each call was made")
+		assertEqual(t, 3, b.Dials())
+		times[0] = time.Time{}
+		assertEqual(t, start, b.DialTimes()[0], "a copy")
+	})
+}
+
+func TestSendCountsAndStoredIDs(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		_, ch, _ := open(t, b)
+		requireNoError(t, ch.ExchangeDeclare("f", "fanout", true, nil))
+		for _, q := range []string{"q1", "q2"} {
+			requireNoError(t, ch.QueueDeclare(q, true, nil))
+			requireNoError(t, ch.QueueBind(q, "", "f"))
+		}
+		publish(t, ch, "f", "", true, "both")    // two copies
+		publish(t, ch, "", "q1", true, "twice")  // sent twice, stored twice
+		publish(t, ch, "", "q1", true, "twice")  //
+		publish(t, ch, "", "nope", true, "ret")  // returned
+		b.NackNext(1)                            //
+		publish(t, ch, "", "q1", true, "nacked") // nacked
+		b.SetFaults(mlproducertest.Faults{LoseConfirmRate: 1})
+		publish(t, ch, "", "q2", true, "lost") // stored, confirm lost
+		synctest.Wait()
+		assertEqual(t, map[string]int{"both": 1, "twice": 2, "ret": 1, "nacked": 1, "lost": 1}, b.SendCounts())
+		assertEqual(t, map[string]int{"both": 2, "twice": 2, "lost": 1}, b.StoredIDs())
+		b.Purge()
+		assertEmpty(t, b.StoredIDs())
+		assertLen(t, b.SendCounts(), 5, "counters are kept by Purge")
 	})
 }

@@ -38,6 +38,7 @@ type conn struct {
 	b      *Broker
 	cfg    transport.Config
 	wake   chan struct{} // cap 1: events changed
+	done   chan struct{} // closed when the connection closes
 	closed bool
 	err    error
 	chans  []*channel
@@ -94,11 +95,12 @@ func (c *conn) closeLocked(err error, network bool) {
 		c.chans[0].closeLocked(err, now)
 	}
 	c.closed, c.err = true, err
+	close(c.done)
 	delete(c.b.conns, c)
 	c.pushLocked(event{kind: evConnClosed, err: err, due: now})
 }
 
-// closeLocked closes the channel with err, discarding its confirms that are
+// closeLocked closes the channel with err, discarding its events that are
 // not due yet or held, and queues its Closed event.
 func (ch *channel) closeLocked(err error, now time.Time) {
 	if ch.closed {
@@ -109,20 +111,32 @@ func (ch *channel) closeLocked(err error, now time.Time) {
 	close(ch.done)
 	c.chans = slices.DeleteFunc(c.chans, func(x *channel) bool { return x == ch })
 	c.events = slices.DeleteFunc(c.events, func(e event) bool {
-		return e.ch == ch && (e.due.After(now) || (e.kind == evConfirm && c.b.hold))
+		return e.ch == ch && (e.due.After(now) || c.b.heldLocked(e))
 	})
 	if ch.confirm {
 		c.pushLocked(event{kind: evClosed, ch: ch, err: err, due: now})
 	}
 }
 
-// lock locks the broker; it fails if the channel is closed.
+// lock locks the broker for a channel RPC: it waits while
+// [Broker.HangChannels] holds RPCs, and fails if the channel is closed. The
+// broker is locked on return in every case.
 func (ch *channel) lock() (*Broker, error) {
-	ch.c.b.mu.Lock()
-	if ch.closed {
-		return ch.c.b, closedErr(ch.err)
+	b := ch.c.b
+	b.mu.Lock()
+	for !ch.closed && b.hangChans != nil {
+		hang := b.hangChans
+		b.mu.Unlock()
+		select {
+		case <-hang:
+		case <-ch.done:
+		}
+		b.mu.Lock()
 	}
-	return ch.c.b, nil
+	if ch.closed {
+		return b, closedErr(ch.err)
+	}
+	return b, nil
 }
 
 // failLocked closes the channel with an AMQP channel error and returns it.
@@ -194,14 +208,14 @@ func (c *conn) nextLocked(now time.Time) (event, bool, time.Duration) {
 			c.events = slices.DeleteFunc(c.events, func(x event) bool { return x.ch == e.ch })
 			return e, true, 0
 		}
+		if c.b.heldLocked(e) {
+			continue
+		}
 		if e.kind != evConfirm {
 			c.events = slices.Delete(c.events, i, i+1)
 			return e, true, 0
 		}
-		if c.b.hold {
-			continue
-		}
-		if e.conf.Ack && c.b.faults.MultipleAcks {
+		if (e.conf.Ack && c.b.faults.MultipleAcks) || (!e.conf.Ack && c.b.faults.MultipleNacks) {
 			if m, ok := c.coalesceLocked(i, now); ok {
 				return m, true, 0
 			}
@@ -213,18 +227,19 @@ func (c *conn) nextLocked(now time.Time) (event, bool, time.Duration) {
 	return event{}, false, 0
 }
 
-// coalesceLocked turns the due acks of one channel that follow events[i]
-// (up to the channel's next other event) into one multiple ack, if that
-// covers at least two of them and no unconfirmed tag outside them.
+// coalesceLocked turns the due acks (or nacks, as events[i] is) of one
+// channel that follow events[i] (up to the channel's next other event) into
+// one multiple confirm, if that covers at least two of them and no
+// unconfirmed tag outside them.
 func (c *conn) coalesceLocked(i int, now time.Time) (event, bool) {
-	ch := c.events[i].ch
+	ch, ack := c.events[i].ch, c.events[i].conf.Ack
 	run := map[uint64]int{} // tag -> index in c.events
 	for j := i; j < len(c.events) && !c.events[j].due.After(now); j++ {
 		e := c.events[j]
 		if e.ch != ch {
 			continue
 		}
-		if e.kind != evConfirm || !e.conf.Ack {
+		if e.kind != evConfirm || e.conf.Ack != ack {
 			break
 		}
 		run[e.conf.DeliveryTag] = j
@@ -256,7 +271,7 @@ func (c *conn) coalesceLocked(i int, now time.Time) (event, bool) {
 	}
 	clear(c.events[len(kept):])
 	c.events = kept
-	return event{kind: evConfirm, ch: ch, conf: transport.Confirmation{DeliveryTag: top, Ack: true, Multiple: true}}, true
+	return event{kind: evConfirm, ch: ch, conf: transport.Confirmation{DeliveryTag: top, Ack: ack, Multiple: true}}, true
 }
 
 // confirmedLocked records that the confirm of tag has been delivered.
@@ -274,10 +289,22 @@ func (ch *channel) confirmedLocked(tag uint64) {
 	}
 }
 
-// Channel implements [transport.Conn].
+// Channel implements [transport.Conn]. It waits while [Broker.HangChannels]
+// holds channel RPCs, and fails after the connection closed or while
+// [Broker.FailChannels] says so.
 func (c *conn) Channel() (transport.Channel, error) {
-	c.b.mu.Lock()
-	defer c.b.mu.Unlock()
+	b := c.b
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for !c.closed && b.hangChans != nil {
+		hang := b.hangChans
+		b.mu.Unlock()
+		select {
+		case <-hang:
+		case <-c.done:
+		}
+		b.mu.Lock()
+	}
 	if c.closed {
 		return nil, closedErr(c.err)
 	}
@@ -301,7 +328,7 @@ func (c *conn) Close() error {
 }
 
 // ExchangeDeclare implements [transport.Channel]. Kinds direct, fanout and
-// topic are supported.
+// topic are supported. It waits while [Broker.HangChannels] holds RPCs.
 func (ch *channel) ExchangeDeclare(name, kind string, durable bool, args transport.Table) error {
 	b, err := ch.lock()
 	defer b.mu.Unlock()
@@ -325,7 +352,7 @@ func (ch *channel) ExchangeDeclare(name, kind string, durable bool, args transpo
 }
 
 // QueueDeclare implements [transport.Channel]. Server-named queues (name "")
-// are not supported.
+// are not supported. It waits while [Broker.HangChannels] holds RPCs.
 func (ch *channel) QueueDeclare(name string, durable bool, args transport.Table) error {
 	b, err := ch.lock()
 	defer b.mu.Unlock()
@@ -345,7 +372,8 @@ func (ch *channel) QueueDeclare(name string, durable bool, args transport.Table)
 	return nil
 }
 
-// QueueBind implements [transport.Channel].
+// QueueBind implements [transport.Channel]. It waits while
+// [Broker.HangChannels] holds RPCs.
 func (ch *channel) QueueBind(queue, key, exchange string) error {
 	b, err := ch.lock()
 	defer b.mu.Unlock()
@@ -368,7 +396,8 @@ func (ch *channel) QueueBind(queue, key, exchange string) error {
 }
 
 // Confirm implements [transport.Channel]. Every function of ev must be set.
-// It may be called once per channel.
+// It may be called once per channel. It waits while [Broker.HangChannels]
+// holds RPCs.
 func (ch *channel) Confirm(ev transport.ChannelEvents) error {
 	_, err := ch.lock()
 	defer ch.c.b.mu.Unlock()
@@ -385,10 +414,14 @@ func (ch *channel) Confirm(ev transport.ChannelEvents) error {
 }
 
 // Publish implements [transport.Channel]. It fails at once if ctx is already
-// done; then, while the broker is blocked, it waits (ignoring ctx) for
-// Unblock or for the channel to close. The publishing is routed, stored and
-// its confirm scheduled before Publish returns; the tag is 0 outside confirm
-// mode. An unknown exchange closes the channel with a 404 [*Error].
+// done; then, while the broker is blocked ([Broker.Block]) or writes stall
+// ([Broker.StallWrites]), it waits (ignoring ctx) for the pressure to end or
+// for the channel to close. The publishing is routed, stored and its confirm
+// scheduled before Publish returns; the tag is 0 outside confirm mode.
+// A publishing the broker refuses with a channel error (unknown exchange:
+// 404; body over [Broker.SetMaxMessageSize]: 406) is not stored and closes
+// the channel, but Publish still returns its tag and a nil error, as on a
+// real broker; the channel's Closed callback reports the [*Error].
 func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bool, msg transport.Publishing) (uint64, error) {
 	if ctx != nil && ctx.Err() != nil {
 		return 0, ctx.Err()
@@ -396,11 +429,14 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 	b := ch.c.b
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	for !ch.closed && b.unblocked != nil {
-		unblocked := b.unblocked
+	for !ch.closed && (b.unblocked != nil || b.stalled != nil) {
+		wait := b.unblocked
+		if wait == nil {
+			wait = b.stalled
+		}
 		b.mu.Unlock()
 		select {
-		case <-unblocked:
+		case <-wait:
 		case <-ch.done:
 		}
 		b.mu.Lock()
@@ -408,10 +444,19 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 	if ch.closed {
 		return 0, closedErr(ch.err)
 	}
+	b.sends[msg.MessageID]++
+	if ch.confirm {
+		ch.tag++
+	}
 	var ex *exchange
-	if exName != "" {
+	switch {
+	case b.maxSize > 0 && len(msg.Body) > b.maxSize:
+		ch.failLocked(406, "PRECONDITION_FAILED - message size %d is larger than configured max size %d", len(msg.Body), b.maxSize)
+		return ch.tag, nil
+	case exName != "":
 		if ex = b.exchanges[exName]; ex == nil {
-			return 0, ch.failLocked(404, "NOT_FOUND - no exchange '%s' in vhost '/'", exName)
+			ch.failLocked(404, "NOT_FOUND - no exchange '%s' in vhost '/'", exName)
+			return ch.tag, nil
 		}
 	}
 	b.published++
@@ -420,7 +465,6 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 		storeLocked(queues, exName, key, &msg)
 		return 0, nil
 	}
-	ch.tag++
 	now, f := time.Now(), b.faults
 	nack := b.nackNext > 0 || b.chance(f.NackRate)
 	if b.nackNext > 0 {
@@ -432,6 +476,7 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 	case mandatory && (len(queues) == 0 || b.chance(f.ReturnRate)):
 		ch.c.pushLocked(event{kind: evReturn, ch: ch, due: now, ret: transport.Return{
 			ReplyCode: 312, ReplyText: "NO_ROUTE", Exchange: exName, RoutingKey: key, MessageID: msg.MessageID,
+			Headers: cloneTable(msg.Headers), Body: slices.Clone(msg.Body),
 		}})
 	default:
 		storeLocked(queues, exName, key, &msg)
