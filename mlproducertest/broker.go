@@ -331,7 +331,8 @@ func (b *Broker) DialTimes() []time.Time {
 // not been delivered is never confirmed; publishings were stored or not when
 // they were published. Then, on each connection's goroutine, every channel in
 // confirm mode gets Closed(err) and the connection OnClosed(err). A Publish
-// blocked by [Broker.Block] returns an error wrapping [ErrClosed] and err.
+// held by [Broker.Block] or [Broker.StallWrites], and a call held by
+// [Broker.HangChannels], returns an error wrapping [ErrClosed] and err.
 // Later dials succeed unless refused.
 func (b *Broker) DropConnections(err error) {
 	if err == nil {
@@ -600,7 +601,8 @@ func (b *Broker) QueueArgs(name string) (args transport.Table, ok bool) {
 }
 
 // DeleteExchange deletes an exchange and its bindings, as an operator
-// would; later publishings to it fail with a 404 channel error.
+// would; a later publishing to it closes its channel with a 404 channel
+// error (see the package doc's Model).
 func (b *Broker) DeleteExchange(name string) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -1215,3 +1215,55 @@ func TestSendCountsAndStoredIDs(t *testing.T) {
 		assertLen(t, b.SendCounts(), 5, "counters are kept by Purge")
 	})
 }
+
+func TestMaxMessageSizeClosesChannel(t *testing.T) {
+	bubble(t, func(t *testing.T, b *mlproducertest.Broker) {
+		conn, ch, r := open(t, b)
+		requireNoError(t, ch.QueueDeclare("q", true, nil))
+		b.SetMaxMessageSize(10)
+		publish(t, ch, "", "q", true, "1") // "body-1": 6 bytes
+		big := transport.Publishing{MessageID: "big", Body: make([]byte, 11)}
+		tag, err := ch.Publish(t.Context(), "", "q", true, big)
+		requireNoError(t, err, "basic.publish has no answer")
+		assertEqual(t, uint64(2), tag)
+		_, err = ch.Publish(t.Context(), "", "q", true, msg("3"))
+		assertErrorIs(t, err, mlproducertest.ErrClosed)
+		assertEqual(t, uint16(406), transport.ReplyCode(err))
+		synctest.Wait()
+		const text = "mlproducertest: exception (406) PRECONDITION_FAILED - message size 11 is larger than configured max size 10"
+		assertEqual(t, []string{"ack 1", "closed " + text}, r.get(), "Closed after the events already due")
+		assertEqual(t, []string{"1"}, b.MessageIDs("q"))
+		assertEqual(t, map[string]int{"1": 1, "big": 1}, b.SendCounts(), "the refused publishing reached the broker")
+		assertEqual(t, 1, b.Published())
+		assertEqual(t, 1, b.Conns(), "a channel error, not a connection error")
+
+		// Held confirms of the channel are lost with it: stored, never confirmed.
+		ch2, err := conn.Channel()
+		requireNoError(t, err)
+		r2 := &recorder{}
+		requireNoError(t, ch2.Confirm(r2.events()))
+		b.HoldEvents(true)
+		publish(t, ch2, "", "q", true, "4")
+		publish(t, ch2, "", "nope", true, "5")
+		_, err = ch2.Publish(t.Context(), "", "q", true, big)
+		requireNoError(t, err)
+		b.HoldEvents(false)
+		synctest.Wait()
+		assertLen(t, r2.get(), 1)
+		assertContains(t, r2.get()[0], "closed mlproducertest: exception (406) PRECONDITION_FAILED")
+		assertEqual(t, []string{"1", "4"}, b.MessageIDs("q"))
+
+		// Outside confirm mode the tag is 0; no limit again with 0.
+		ch3, err := conn.Channel()
+		requireNoError(t, err)
+		assertEqual(t, uint64(0), publish(t, ch3, "", "q", false, "6"))
+		_, err = ch3.Publish(t.Context(), "", "q", false, big)
+		requireNoError(t, err)
+		_, err = ch3.Publish(t.Context(), "", "q", false, msg("7"))
+		assertErrorIs(t, err, mlproducertest.ErrClosed)
+		b.SetMaxMessageSize(0)
+		_, ch4, _ := open(t, b)
+		publish(t, ch4, "", "q", false, "big")
+		assertEqual(t, []string{"1", "4", "6", "big"}, b.MessageIDs("q"))
+	})
+}
