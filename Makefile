@@ -2,13 +2,21 @@
 GO ?= go
 
 .DEFAULT_GOAL := test
-.PHONY: test demo bench reliability rabbitmq
+.PHONY: test soak demo bench reliability rabbitmq
 
 ## test: start (or install) a local RabbitMQ if needed, vet, then the whole suite with -race.
 test:
 	bash scripts/ensure-rabbitmq.sh
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 8m ./...
+
+## soak: the seeded simulation (TestSimulation) on new random seeds for SOAK (default 30m; one
+## unit: 90s, 45m, 2h); a failing seed prints itself and its replay command.
+SOAK ?= 30m
+soak:
+	secs=$$(echo '$(SOAK)' | awk '/^[0-9]+h$$/{print $$0*3600} /^[0-9]+m$$/{print $$0*60} /^[0-9]+s$$/{print $$0+0}'); \
+	test -n "$$secs" || { echo "SOAK=$(SOAK): give one unit, like 90s, 45m or 2h" >&2; exit 2; }; \
+	$(GO) test -race -count=1 -run '^TestSimulation$$' -sim.duration=$(SOAK) -timeout $$((secs + 300))s -v .
 
 ## demo: run the example gateway and worker on a local RabbitMQ, send them tasks, show what arrives.
 demo:
