@@ -33,7 +33,8 @@ type breaker struct {
 
 func newBreaker(p *Producer) *breaker {
 	b := &breaker{cooldown: p.cfg.breakerCooldown}
-	threshold := uint32(p.cfg.breakerThreshold)
+	// validate keeps the threshold within uint32; min guards the conversion.
+	threshold := uint32(min(uint64(p.cfg.breakerThreshold), 1<<32-1))
 	b.cb = gobreaker.NewTwoStepCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        p.cfg.connectionName,
 		MaxRequests: 1,

@@ -27,8 +27,9 @@ var envVars = [...]string{
 // FuzzOptionsFromEnv feeds arbitrary values of the six environment variables
 // to optionsFromLookup. It never panics; an error is an *OptionError wrapping
 // ErrInvalidOption that names one of the variables and never shows a password
-// of RABBITMQ_URL; options it returns either make a Producer (on the fake
-// broker) or are refused by New with an *OptionError.
+// of RABBITMQ_URL; a URL it accepts is dialed at the host a reader sees and
+// shown without its password; options it returns either make a Producer (on
+// the fake broker) or are refused by New with an *OptionError.
 func FuzzOptionsFromEnv(f *testing.F) {
 	f.Fuzz(func(t *testing.T, rawURL, heartbeat, connTimeout, retries, threshold, cooldown string) {
 		values := [...]string{rawURL, heartbeat, connTimeout, retries, threshold, cooldown}
@@ -47,6 +48,11 @@ func FuzzOptionsFromEnv(f *testing.F) {
 		if err != nil {
 			checkEnvError(t, err, values)
 			return
+		}
+		if _, set := env["RABBITMQ_URL"]; set && strings.TrimSpace(rawURL) != "" {
+			for _, entry := range strings.Split(rawURL, ",") {
+				checkAccepted(t, strings.TrimSpace(entry))
+			}
 		}
 
 		b := mlproducertest.NewBroker()
@@ -123,32 +129,71 @@ func checkNoPassword(t *testing.T, err error, oe *OptionError, values [6]string)
 }
 
 // passwords returns the password of a URL as a reader would see it
-// (user:password@host, after scheme:// or scheme:/ if present, even when
-// url.Parse would not take it for one) and, if it differs, as percent-decoded;
-// nil when there is none.
+// (user:password@host, after scheme:// or scheme:/ if present, up to the last
+// '@', even when url.Parse would not take it for one) and, if it differs, as
+// percent-decoded; nil when there is none.
 func passwords(raw string) []string {
-	rest := raw
-	if _, after, ok := strings.Cut(raw, "://"); ok {
-		rest = after
-	} else if i := strings.Index(raw, ":/"); i > 0 && isScheme(raw[:i]) {
-		rest = strings.TrimLeft(raw[i+1:], "/")
-	}
-	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-		rest = rest[:i]
-	}
-	at := strings.LastIndex(rest, "@")
-	if at < 0 {
+	start, end, ok := passwordSpan(raw)
+	if !ok {
 		return nil
 	}
-	_, pw, ok := strings.Cut(rest[:at], ":")
-	if !ok || pw == "" {
-		return nil
-	}
+	pw := raw[start:end]
 	out := []string{pw}
 	if dec, err := url.PathUnescape(pw); err == nil && dec != pw && dec != "" {
 		out = append(out, dec)
 	}
 	return out
+}
+
+// passwordSpan returns where the password of raw is as a reader would see
+// it: from the first ':' after the scheme to the last '@'; ok is false when
+// there is none.
+func passwordSpan(raw string) (start, end int, ok bool) {
+	rest := raw
+	if _, after, found := strings.Cut(raw, "://"); found {
+		rest = after
+	} else if i := strings.Index(raw, ":/"); i > 0 && isScheme(raw[:i]) {
+		rest = strings.TrimLeft(raw[i+1:], "/")
+	}
+	off := len(raw) - len(rest)
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return 0, 0, false
+	}
+	colon := strings.Index(rest[:at], ":")
+	if colon < 0 || colon+1 == at {
+		return 0, 0, false
+	}
+	return off + colon + 1, off + at, true
+}
+
+// checkAccepted checks a RABBITMQ_URL entry that was accepted: the host is
+// the one a reader sees (after the last '@'), and the form shown in the
+// status and logs does not depend on the password: it is the same with the
+// password replaced.
+func checkAccepted(t *testing.T, entry string) {
+	t.Helper()
+	u, err := url.Parse(entry)
+	if err != nil {
+		t.Fatalf("accepted %q, which url.Parse refuses: %v", entry, err)
+	}
+	start, end, ok := passwordSpan(entry)
+	if !ok {
+		return
+	}
+	host := entry[end+1:]
+	if i := strings.IndexAny(host, "/?#"); i >= 0 {
+		host = host[:i]
+	}
+	if u.Host != host {
+		t.Errorf("accepted %q: the Producer would dial %q, a reader sees the host %q", entry, u.Host, host)
+	}
+	other := entry[:start] + "Q" + entry[end:]
+	if checkURL(other) != nil {
+		t.Errorf("accepted %q but not %q, the same URL with another password", entry, other)
+	} else if shown, want := redactURL(entry), redactURL(other); shown != want {
+		t.Errorf("shows %q as %q: the password changes it (want %q)", entry, shown, want)
+	}
 }
 
 func isScheme(s string) bool {

@@ -2,8 +2,10 @@ package mlproducer
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"strconv"
@@ -143,8 +145,8 @@ func (c *config) validate() error {
 		return optErr("WithRetryBackoff", fmt.Sprintf("%v..%v", c.retryInitial, c.retryMax), "need 0 < initial <= max")
 	case c.reconnectInitial <= 0 || c.reconnectMax < c.reconnectInitial:
 		return optErr("WithReconnectBackoff", fmt.Sprintf("%v..%v", c.reconnectInitial, c.reconnectMax), "need 0 < initial <= max")
-	case c.breakerThreshold <= 0:
-		return optErr("WithCircuitBreaker", c.breakerThreshold, "threshold must be > 0")
+	case c.breakerThreshold <= 0 || uint64(c.breakerThreshold) > math.MaxUint32:
+		return optErr("WithCircuitBreaker", c.breakerThreshold, "threshold must be from 1 to 4294967295")
 	case c.breakerCooldown <= 0:
 		return optErr("WithCircuitBreaker", c.breakerCooldown, "cooldown must be > 0")
 	case c.healthInterval < 0:
@@ -163,43 +165,109 @@ func (c *config) validate() error {
 	return nil
 }
 
+// urlEncodeHint ends the reason of every refused URL that may hold a
+// password: the usual cause is a password with a character that has a
+// meaning in a URL.
+const urlEncodeHint = "percent-encode the user name and password " +
+	"(for example '#' as %23, '/' as %2F, '?' as %3F, '@' as %40, ':' in the user name as %3A)"
+
+// checkURL says why raw cannot be used as a broker URL, or returns nil. A URL
+// that a reader and url.Parse would split differently is refused: one with
+// more than one '@', or an '@' after the host (in the path, query or
+// fragment), or a fragment at all. Each of these is what an unencoded '@',
+// '#', '/' or '?' in a password gives, and url.Parse would then take part of
+// the password for the host, the vhost or the fragment: the Producer would
+// dial the wrong host and show the password in its status and logs.
 func checkURL(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return fmt.Errorf("not a URL")
+		if strings.Contains(raw, "@") {
+			return errors.New("not a URL; " + urlEncodeHint)
+		}
+		return errors.New("not a URL")
 	}
 	if u.Scheme != "amqp" && u.Scheme != "amqps" {
-		return fmt.Errorf("scheme must be amqp or amqps")
+		return errors.New("scheme must be amqp or amqps")
 	}
 	if u.Host == "" {
-		return fmt.Errorf("host is missing")
+		return errors.New("host is missing")
+	}
+	// u.Host is not empty, so raw starts with the scheme, "://" and the
+	// authority, which ends at the first '/', '?' or '#'.
+	_, rest, _ := strings.Cut(raw, "://")
+	authority := rest
+	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
+		authority = rest[:i]
+	}
+	switch ats := strings.Count(authority, "@"); {
+	case ats > 1:
+		return errors.New("more than one '@' before the host; " + urlEncodeHint)
+	case strings.Count(rest, "@") > ats:
+		return errors.New("an '@' after the host; " + urlEncodeHint)
+	case strings.Contains(rest, "#"):
+		return errors.New("a '#' (an AMQP URL has no fragment); " + urlEncodeHint)
+	case strings.HasSuffix(u.Host, ":"):
+		return errors.New("the port is empty; " + urlEncodeHint)
 	}
 	return nil
 }
 
-// redactURL returns raw fit to show in an error or a log line. A valid broker
-// URL keeps everything but its password, replaced by "xxxxx". A value that is
-// not one may still hold a password that url.Parse does not see as one
-// ("guest:pw@host", "amqp:/guest:pw@host", a '#' before "://"), so everything
-// up to its last '@' is hidden; an unparsable value without '@' is hidden
-// whole.
+// redactURL returns raw fit to show in an error or a log line.
+//
+// A valid broker URL ([checkURL]) is shown rebuilt from its parts: scheme,
+// user name, "xxxxx" for the password, host and port, and the vhost path;
+// never the query, nor anything of the password, encoded or not.
+//
+// A value that is not one may hold a password that url.Parse does not see as
+// one ("guest:pw@host", "amqp:/guest:pw@host", "amqp://u:p#w@host"), so
+// everything up to its last '@' is hidden. One without an '@' holds no user
+// information: it is shown up to any '#', or as "<unparsable URL>" when
+// url.Parse refuses it.
 func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err == nil && (u.Scheme == "amqp" || u.Scheme == "amqps") && u.Host != "" {
-		return u.Redacted()
+	if checkURL(raw) == nil {
+		u, _ := url.Parse(raw) // checkURL parsed it
+		return shownURL(u)
 	}
 	if at := strings.LastIndexByte(raw, '@'); at >= 0 {
 		return "xxxxx" + raw[at:]
 	}
-	if err != nil {
+	if _, err := url.Parse(raw); err != nil {
 		return "<unparsable URL>"
 	}
+	if i := strings.IndexByte(raw, '#'); i >= 0 {
+		return raw[:i] + "#xxxxx"
+	}
 	return raw
+}
+
+// shownURL builds the form of a valid broker URL that may be shown: scheme,
+// user name, host[:port] and path, with the password replaced by "xxxxx".
+func shownURL(u *url.URL) string {
+	var b strings.Builder
+	b.WriteString(u.Scheme)
+	b.WriteString("://")
+	if u.User != nil {
+		name := u.User.Username()
+		if _, ok := u.User.Password(); ok {
+			b.WriteString(url.UserPassword(name, "xxxxx").String())
+		} else {
+			b.WriteString(url.User(name).String())
+		}
+		b.WriteByte('@')
+	}
+	b.WriteString(u.Host)
+	b.WriteString(u.EscapedPath())
+	return b.String()
 }
 
 // WithURLs sets the brokers to connect to, tried in order with failover: when
 // one cannot be reached the next is tried. List every node of a cluster here.
 // Default [DefaultURL]. Passwords in URLs are never logged or reported.
+//
+// A user name or password with a character that has a meaning in a URL must
+// be percent-encoded ("p#ss/w?rd@1" as "p%23ss%2Fw%3Frd%401"): [New] refuses a
+// URL with more than one '@', an '@' after the host, or a '#', which is what
+// such a password gives unencoded, rather than dial the wrong host.
 func WithURLs(urls ...string) Option {
 	return func(c *config) { c.urls = append([]string(nil), urls...) }
 }
@@ -249,7 +317,9 @@ func WithReconnectBackoff(initial, max time.Duration) Option {
 
 // WithCircuitBreaker sets the breaker's threshold of consecutive failures
 // (env ML_CIRCUIT_BREAKER_THRESHOLD) and how long it stays open (env
-// ML_CIRCUIT_BREAKER_COOLDOWN, in ms). Default 10 failures and 30 s.
+// ML_CIRCUIT_BREAKER_COOLDOWN, in ms). Default 10 failures and 30 s. The
+// threshold is from 1 to 4294967295 (the environment variable allows up to
+// 1000000); [New] refuses any other.
 func WithCircuitBreaker(threshold int, cooldown time.Duration) Option {
 	return func(c *config) { c.breakerThreshold, c.breakerCooldown = threshold, cooldown }
 }
@@ -282,7 +352,9 @@ func WithTopology(t Topology) Option {
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
 // WithTLSConfig sets the TLS configuration for amqps URLs. Default: the
-// system roots, with the server certificate verified.
+// system roots, with the server certificate verified. It applies to amqps
+// URLs only: an amqp URL, also one after an amqps URL in a failover list,
+// connects in plain text; to require TLS, list only amqps URLs.
 func WithTLSConfig(t *tls.Config) Option { return func(c *config) { c.tlsConfig = t } }
 
 // WithDialer replaces the transport, for tests: pass an

@@ -67,6 +67,7 @@ func TestOptionsFromEnvRefusesBadValues(t *testing.T) {
 		{"ML_MAX_MESSAGE_RETRIES", "-3"},
 		{"ML_MAX_MESSAGE_RETRIES", "many"},
 		{"ML_CIRCUIT_BREAKER_THRESHOLD", "0"},
+		{"ML_CIRCUIT_BREAKER_THRESHOLD", "4294967296"},
 		{"ML_CIRCUIT_BREAKER_COOLDOWN", "-5"},
 		{"ML_CIRCUIT_BREAKER_COOLDOWN", "30s"},
 	}
@@ -114,12 +115,21 @@ func TestRedactURL(t *testing.T) {
 		"user:s3cret@host:5672":           "xxxxx@host:5672",
 		"localhost:5672":                  "localhost:5672",
 		"amqp://h/%zz":                    "<unparsable URL>",
+		// Built from the parts: no query, nothing of the password.
+		"amqps://u:Sec%2Fret99@h:5671/vh%2Fa?heartbeat=5": "amqps://u:xxxxx@h:5671/vh%2Fa",
+		"amqp://us%3Aer:pw@[::1]:5672/":                   "amqp://us%3Aer:xxxxx@[::1]:5672/",
+		"amqp://user@h":                                   "amqp://user@h",
+		// Refused as ambiguous: nothing before the last '@'.
+		"amqp://admin:p@ss#Secret99@rabbit:5672/": "xxxxx@rabbit:5672/",
+		"amqp://admin:/Secret99@rabbit/":          "xxxxx@rabbit/",
+		"amqp://admin:#Secret99":                  "amqp://admin:#xxxxx",
 	} {
 		assert.Equal(t, want, redactURL(raw), raw)
 	}
 }
 
 func TestNewRefusesBadOptions(t *testing.T) {
+	huge := int64(1) << 32 // 0 as a uint32, the breaker's counter
 	cases := []struct {
 		opt  Option
 		name string
@@ -136,6 +146,7 @@ func TestNewRefusesBadOptions(t *testing.T) {
 		{WithReconnectBackoff(0, time.Second), "WithReconnectBackoff"},
 		{WithCircuitBreaker(0, time.Second), "WithCircuitBreaker"},
 		{WithCircuitBreaker(3, 0), "WithCircuitBreaker"},
+		{WithCircuitBreaker(int(huge), time.Second), "WithCircuitBreaker"},
 		{WithHealthCheckInterval(-time.Second), "WithHealthCheckInterval"},
 		{WithMaxInFlight(0), "WithMaxInFlight"},
 		{WithTopology(Topology{QueueType: "stream"}), "WithTopology"},

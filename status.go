@@ -2,6 +2,7 @@ package mlproducer
 
 import (
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -81,20 +82,31 @@ func (p *Producer) Status() Status {
 	return st
 }
 
-// redactSecrets removes the password of rawURL, in plain and URL-escaped
-// form, from text.
+// redactSecrets replaces with "xxxxx", in text, every form of the password
+// of rawURL that text may hold: as written in rawURL, percent-decoded, and
+// re-encoded as a query or a path would encode it. The password as written
+// is taken as a reader sees it (from the first ':' after "//" to the last
+// '@'), so even a URL that url.Parse splits elsewhere keeps it out.
 func redactSecrets(text, rawURL string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil || u.User == nil {
-		return text
+	var secrets []string
+	if _, rest, ok := strings.Cut(rawURL, "//"); ok {
+		if at := strings.LastIndexByte(rest, '@'); at >= 0 {
+			if _, pw, ok := strings.Cut(rest[:at], ":"); ok {
+				secrets = append(secrets, pw)
+			}
+		}
 	}
-	pw, ok := u.User.Password()
-	if !ok || pw == "" {
-		return text
+	if u, err := url.Parse(rawURL); err == nil && u.User != nil {
+		if pw, ok := u.User.Password(); ok {
+			secrets = append(secrets, pw, url.QueryEscape(pw), url.PathEscape(pw))
+		}
 	}
-	text = strings.ReplaceAll(text, pw, "xxxxx")
-	if esc := url.QueryEscape(pw); esc != pw {
-		text = strings.ReplaceAll(text, esc, "xxxxx")
+	// Longest first, so that no part of a longer form is left behind.
+	slices.SortFunc(secrets, func(a, b string) int { return len(b) - len(a) })
+	for _, s := range secrets {
+		if s != "" {
+			text = strings.ReplaceAll(text, s, "xxxxx")
+		}
 	}
 	return text
 }

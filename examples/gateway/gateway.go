@@ -8,10 +8,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"mime"
 	"net/http"
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mlproducer/mlproducer"
 )
@@ -30,6 +32,9 @@ const (
 	// retryAfterBusy is the Retry-After (seconds) sent when the retry queue
 	// is full or the Producer is shutting down.
 	retryAfterBusy = 5
+	// maxEchoedName bounds a field name repeated in an error response, so
+	// that a request cannot make the response larger than itself.
+	maxEchoedName = 64
 )
 
 // gateway serves the ML task API over one Producer.
@@ -83,7 +88,8 @@ func newGateway(p *mlproducer.Producer, logger *slog.Logger, timeout time.Durati
 		ready.ServeHTTP(w, r)
 	})))
 	g.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		writeError(w, http.StatusNotFound, "no such endpoint: "+r.URL.Path, "")
+		// The path is not repeated: the answer is the same for any.
+		writeError(w, http.StatusNotFound, "no such endpoint", "")
 	})
 	return g
 }
@@ -94,6 +100,8 @@ func (g *gateway) drain() { g.draining.Store(true) }
 
 func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	// Every response is JSON or Prometheus text: never sniffed as HTML.
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	g.mux.ServeHTTP(rec, r)
 	level := slog.LevelInfo
@@ -142,9 +150,15 @@ func (o *optionsField) rawOptions() json.RawMessage { return o.Options }
 
 // publishHandler decodes a request of type T and its options of type O
 // strictly, and publishes it with the request's context bounded by the
-// gateway's timeout.
+// gateway's timeout. The body must be declared application/json: a browser
+// sends another site's form (text/plain, form-urlencoded, multipart) without
+// asking first, and such a request must not publish.
 func publishHandler[T any, O any](g *gateway, taskType string, publish func(context.Context, *T, O) (mlproducer.Receipt, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+			writeError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json", "")
+			return
+		}
 		var req T
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
 		if status, msg, field := decodeStrict(dec, &req, ""); status != 0 {
@@ -251,11 +265,24 @@ func decodeStrict(dec *json.Decoder, v any, prefix string) (status int, msg, fie
 	case strings.HasPrefix(err.Error(), unknownKey):
 		// encoding/json has no typed error for this one, and names the key
 		// without its path: hence the separate decoding of options.
-		f := join(strings.Trim(strings.TrimPrefix(err.Error(), unknownKey), `"`))
+		f := join(shortName(strings.Trim(strings.TrimPrefix(err.Error(), unknownKey), `"`)))
 		return http.StatusBadRequest, f + ": unknown field", f
 	default:
 		return http.StatusBadRequest, "invalid request body: " + err.Error(), join("")
 	}
+}
+
+// shortName returns name, cut to maxEchoedName bytes (on a rune boundary)
+// with "…" when longer.
+func shortName(name string) string {
+	if len(name) <= maxEchoedName {
+		return name
+	}
+	cut := maxEchoedName
+	for cut > 0 && !utf8.RuneStart(name[cut]) {
+		cut--
+	}
+	return name[:cut] + "…"
 }
 
 func fieldOrBody(f string) string {

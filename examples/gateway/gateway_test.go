@@ -322,6 +322,7 @@ func TestContextDone(t *testing.T) {
 	for name, ctx := range map[string]context.Context{"deadline": past, "cancelled": gone} {
 		t.Run(name, func(t *testing.T) {
 			r := httptest.NewRequestWithContext(ctx, http.MethodPost, "/api/ml/summarize", strings.NewReader(validSummarize))
+			r.Header.Set("Content-Type", "application/json")
 			expectError(t, serve(t, h, r), http.StatusGatewayTimeout, "")
 		})
 	}

@@ -11,10 +11,12 @@
 //
 // A publish answers 202 {"messageId", "state"} once the Producer owns the
 // task ("confirmed" by the broker, "pending" or "queued" for a retry); 400
-// {"error", "field"} for an invalid request; 503 with Retry-After when the
-// Producer sheds load (circuit open, retry queue full, shutting down); 504
-// when the task could not be handed over within 3 s. Nothing is sent after
-// an error, so a client can safely retry it.
+// {"error", "field"} for an invalid request; 415 unless the body is sent as
+// Content-Type: application/json (so that another site's form cannot
+// publish); 503 with Retry-After when the Producer sheds load (circuit open,
+// retry queue full, shutting down); 504 when the task could not be handed
+// over within 3 s. Nothing is sent after an error, so a client can safely
+// retry it.
 //
 // Configuration comes from the environment: the library's variables
 // (RABBITMQ_URL, RABBITMQ_HEARTBEAT, RABBITMQ_CONNECTION_TIMEOUT,

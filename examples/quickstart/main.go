@@ -12,7 +12,6 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -31,15 +30,15 @@ func main() {
 
 func run() error {
 	ctx := context.Background()
-	brokerURL := firstURL()
-	fmt.Println("demo: broker", redact(brokerURL))
-
 	// --- Publishing: what a service does. ---
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	opts, err := mlproducer.OptionsFromEnv() // RABBITMQ_URL, RABBITMQ_HEARTBEAT, ...
+	// RABBITMQ_URL, RABBITMQ_HEARTBEAT, ...; a URL whose password is not
+	// percent-encoded is refused here, before anything shows it.
+	opts, err := mlproducer.OptionsFromEnv()
 	if err != nil {
 		return err
 	}
+	brokerURL := firstURL()
 	p, err := mlproducer.New(append(opts, mlproducer.WithLogger(logger))...)
 	if err != nil {
 		return err
@@ -54,9 +53,12 @@ func run() error {
 
 	waitCtx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
-	if err := p.WaitConnected(waitCtx); err != nil {
-		return fmt.Errorf("no connection to %s: %w", redact(brokerURL), err)
+	err = p.WaitConnected(waitCtx)
+	// The Producer's status shows the URL with its password hidden.
+	if err != nil {
+		return fmt.Errorf("no connection to %s: %w", p.Status().URL, err)
 	}
+	fmt.Println("demo: broker", p.Status().URL)
 
 	var receipts []mlproducer.Receipt
 	r, err := p.PublishSummarization(ctx, "share-42",
@@ -177,13 +179,4 @@ func firstURL() string {
 		return "amqp://guest:guest@127.0.0.1:5672/"
 	}
 	return first
-}
-
-// redact hides the password of a URL.
-func redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "(invalid URL)"
-	}
-	return u.Redacted()
 }

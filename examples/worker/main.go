@@ -27,6 +27,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -79,9 +80,10 @@ func fromEnv(getenv func(string) string) (*worker, error) {
 		reconnectMax: 10 * time.Second,
 	}
 	if urls := splitList(getenv("RABBITMQ_URL")); len(urls) > 0 {
-		for _, u := range urls {
-			if p, err := url.Parse(u); err != nil || (p.Scheme != "amqp" && p.Scheme != "amqps") || p.Host == "" {
-				return nil, fmt.Errorf("RABBITMQ_URL: %q is not an amqp:// or amqps:// URL", redact(u))
+		for i, u := range urls {
+			if _, err := parseBrokerURL(u); err != nil {
+				// Nothing of the value is shown: it may hold a password.
+				return nil, fmt.Errorf("RABBITMQ_URL: entry %d of %d: %w", i+1, len(urls), err)
 			}
 		}
 		w.urls = urls
@@ -123,11 +125,35 @@ func splitList(s string) []string {
 	return out
 }
 
-// redact hides the password of a broker URL.
-func redact(raw string) string {
+// parseBrokerURL parses raw as a broker URL. It refuses one that a reader
+// and url.Parse would split differently: more than one '@', an '@' outside
+// the user information (after the host), or a '#'. That is what a password
+// with a raw '@', '#', '/' or '?' gives, and the worker would then dial the
+// wrong host and log part of the password.
+func parseBrokerURL(raw string) (*url.URL, error) {
 	u, err := url.Parse(raw)
+	if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") || u.Host == "" {
+		return nil, errors.New("not an amqp:// or amqps:// URL; percent-encode a password holding '#', '/', '?' or '@'")
+	}
+	if ats := strings.Count(raw, "@"); ats > 1 || ats == 1 && u.User == nil || strings.Contains(raw, "#") {
+		return nil, errors.New("the URL can be read two ways; percent-encode the password ('#' as %23, '/' as %2F, '?' as %3F, '@' as %40)")
+	}
+	return u, nil
+}
+
+// redact returns a broker URL fit for the log: rebuilt from its scheme, user
+// name, host and vhost, with "xxxxx" for the password.
+func redact(raw string) string {
+	u, err := parseBrokerURL(raw)
 	if err != nil {
 		return "(invalid URL)"
 	}
-	return u.Redacted()
+	shown := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path, RawPath: u.RawPath}
+	if u.User != nil {
+		shown.User = url.User(u.User.Username())
+		if _, ok := u.User.Password(); ok {
+			shown.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+	}
+	return shown.String()
 }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -245,13 +248,36 @@ func (w *worker) settle(err error, queue string, d amqp.Delivery) {
 func (w *worker) process(queue, id, attempt string, redelivered bool, t *mlproducer.Task) error {
 	payload := "content=" + shorten(t.Content)
 	if t.Type == mlproducer.TaskTranscription {
-		payload = "mediaUrl=" + t.MediaURL
+		payload = "mediaUrl=" + token(t.MediaURL)
+	}
+	// The options as one JSON token: without the white space (new lines
+	// included) that the body may hold between their members.
+	var opts bytes.Buffer
+	if err := json.Compact(&opts, t.Options); err != nil {
+		opts.Reset()
+		opts.Write(t.Options)
 	}
 	w.outMu.Lock()
 	defer w.outMu.Unlock()
 	_, err := fmt.Fprintf(w.out, "task %s id=%s shareId=%s %s options=%s attempt=%s redelivered=%t queue=%s\n",
-		t.Type, id, t.ShareID, payload, t.Options, attempt, redelivered, queue)
+		token(string(t.Type)), token(id), token(t.ShareID), payload, token(opts.String()), token(attempt), redelivered, token(queue))
 	return err
+}
+
+// token returns s as one word of the output line: as it is when it is
+// printable ASCII without spaces, else quoted with its control characters
+// escaped, so that no field of a task can end the line or forge another
+// field or line.
+func token(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return strconv.Quote(s)
+		}
+	}
+	if s == "" {
+		return `""`
+	}
+	return s
 }
 
 func shorten(s string) string {
