@@ -1,6 +1,7 @@
 package mlproducer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -32,10 +33,55 @@ func (e *ReturnedError) Error() string {
 	return fmt.Sprintf("mlproducer: message returned unroutable by the broker (%d %s, exchange %q, routing key %q): bind a queue to that key", e.Code, e.Text, e.Exchange, e.RoutingKey)
 }
 
+// The life of an attempt: one send of a message on one session. Every
+// transition below is made in this file, under session.mu, and nothing about
+// an attempt is decided anywhere else. "Requeued" spends no attempt (the
+// message goes back to the retry queue as it was); "failed" spends one
+// (Producer.failAttempt: retry with backoff, or dead-letter when the retries
+// are used up); "confirmed" and "dead-lettered" are final for the message.
+//
+//	hand-off (session.enqueue)
+//	          |
+//	          v
+//	     +---------+  hand-off deadline ---------------> requeued
+//	     | queued  |  session dies --------------------> requeued
+//	     +---------+
+//	          | the writer takes it (tag assigned)
+//	          v
+//	     +---------+  hand-off deadline: the caller is told Pending
+//	     | writing |  ack ------------------------------> confirmed
+//	     +---------+  session dies --------------------> requeued (*)
+//	          | the write returned
+//	          v
+//	     +---------+  ack ------------------------------> confirmed
+//	     |  sent   |  return, then its ack -------------> failed
+//	     +---------+  nack -----------------------------> failed
+//	          |       session dies --------------------> requeued (*)
+//	          |       hand-off deadline: the caller is told Pending
+//	          | confirm deadline (write + confirm timeout)
+//	          v
+//	     +-----------+  (blocked by the broker: requeued, else failed)
+//	     | timed out |  late ack -----------------------> confirmed, retry cancelled
+//	     +-----------+  late nack or return+ack --------> nothing: already counted
+//	                    session dies --------------------> nothing
+//
+// (*) failed instead, if its write had returned, when the broker closed the
+// channel for a message-level reason (403, 404, 406: a poison message or a
+// missing exchange), so that a message the broker refuses this way is
+// dead-lettered in the end.
+//
+// Two deadlines run from two moments: the caller's answer is due one confirm
+// timeout after the hand-off, whatever the writer is doing; an attempt is
+// charged as timed out only one confirm timeout after its write returned, so
+// a write held by TCP back-pressure spends nothing. A return is matched to
+// the exact attempt it belongs to by message ID, routing key, attempt header
+// and body, never by message ID alone: a retry shares the ID, and so may two
+// messages of one caller.
 type attemptState uint8
 
 const (
-	attQueued   attemptState = iota // handed to the writer, not written
+	attQueued   attemptState = iota // handed to the writer, not taken
+	attWriting                      // taken by the writer, write not returned
 	attSent                         // written, waiting for its confirm
 	attTimedOut                     // confirm timed out; kept so a late ack still counts
 	attDone                         // resolved
@@ -45,7 +91,7 @@ const (
 type attempt struct {
 	m        *message
 	tag      uint64
-	deadline time.Time
+	n        int32 // the attempt header sent with it
 	state    attemptState
 	returned *ReturnedError
 	done     func(error) // the breaker's ticket; called once with the outcome
@@ -57,6 +103,22 @@ func (a *attempt) report(err error) {
 		a.done(err)
 		a.done = nil
 	}
+}
+
+// entry is one deadline in the tracker's fifo: the caller's answer
+// (hand-off) or the confirm of a written attempt, due at the unix nanos at.
+type entry struct {
+	a       *attempt
+	at      int64
+	confirm bool
+}
+
+// expired reports whether the entry no longer needs the tracker.
+func (d *entry) expired() bool {
+	if d.confirm {
+		return d.a.state != attSent
+	}
+	return d.a.state == attDone || d.a.state == attTimedOut
 }
 
 // session is one connection and its publishing channel: an epoch. Confirms
@@ -80,7 +142,7 @@ type session struct {
 	queue       []*attempt // handed off, not yet written, in order
 	spare       []*attempt
 	pending     map[uint64]*attempt
-	fifo        fifo // queued and sent attempts by deadline
+	fifo        fifo // deadlines, oldest first
 	nextTag     uint64
 	ackFloor    uint64 // every tag up to it is resolved
 	inflight    int    // slots reserved: queued + sent
@@ -167,7 +229,8 @@ func (s *session) enqueue(m *message, done func(error)) {
 	} else {
 		a = new(attempt)
 	}
-	*a = attempt{m: m, deadline: time.Now().Add(s.p.cfg.confirmTimeout), done: done}
+	*a = attempt{m: m, done: done}
+	due := time.Now().Add(s.p.cfg.confirmTimeout).UnixNano()
 	s.mu.Lock()
 	if s.dead {
 		s.mu.Unlock()
@@ -176,7 +239,7 @@ func (s *session) enqueue(m *message, done func(error)) {
 		return
 	}
 	s.queue = append(s.queue, a)
-	s.fifo.push(a)
+	s.fifo.push(entry{a: a, at: due})
 	idle := s.trackerIdle
 	s.trackerIdle = false
 	s.mu.Unlock()
@@ -186,11 +249,11 @@ func (s *session) enqueue(m *message, done func(error)) {
 	kick(s.writeWake)
 }
 
-// trimFifo drops the resolved attempts at the head of the fifo so that
-// confirmed messages are not kept alive until the tracker's next run. Call
-// with s.mu held.
+// trimFifo drops the entries at the head of the fifo that no longer need the
+// tracker, so that confirmed messages are not kept alive until its next run.
+// Call with s.mu held.
 func (s *session) trimFifo() {
-	for a := s.fifo.peek(); a != nil && a.state != attQueued && a.state != attSent; a = s.fifo.peek() {
+	for e := s.fifo.peek(); e != nil && e.expired(); e = s.fifo.peek() {
 		s.fifo.pop()
 	}
 }
@@ -224,81 +287,95 @@ func (s *session) writer() {
 			}
 			batch := s.queue
 			s.queue, s.spare = s.spare[:0], nil
-			// The confirm timeout of a sent message runs from its write, so
-			// that a backlog in front of the writer spends no attempt.
-			deadline := time.Now().Add(s.p.cfg.confirmTimeout)
 			for _, a := range batch {
 				if a.state != attQueued {
-					continue
+					continue // its hand-off deadline passed: requeued
 				}
 				s.nextTag++
 				a.tag = s.nextTag
-				a.state = attSent
-				a.deadline = deadline
+				a.n = a.m.sends.Load() + 1
+				a.state = attWriting
 				s.pending[a.tag] = a
 			}
 			s.mu.Unlock()
 			if len(batch) == 0 {
 				break
 			}
-			batcher, _ := s.ch.(transport.Batcher)
-			if batcher != nil && len(batch) > 1 {
-				batcher.BeginBatch()
-			} else {
-				batcher = nil
+			if !s.write(ex, batch) {
+				return
 			}
+			// Every write of the batch returned: the confirm timeouts start.
+			due := time.Now().Add(s.p.cfg.confirmTimeout).UnixNano()
+			s.mu.Lock()
 			for i, a := range batch {
 				batch[i] = nil
-				if a.tag == 0 {
-					continue // timed out before it was written
-				}
-				m := a.m
-				n := m.sends.Add(1)
-				m.sentAt.Store(time.Now().UnixNano())
-				tag, err := s.ch.Publish(s.ctx, ex, m.typ.RoutingKey(), true, transport.Publishing{
-					ContentType: "application/json",
-					MessageID:   m.id,
-					Timestamp:   time.Unix(0, m.created),
-					Type:        string(m.typ),
-					AppID:       s.p.cfg.appID,
-					Persistent:  true,
-					Headers:     s.p.attemptHeaders(n),
-					Body:        m.body,
-				})
-				if err == nil && tag != a.tag {
-					err = fmt.Errorf("mlproducer: delivery tag %d from the channel, %d expected", tag, a.tag)
-				}
-				if err != nil {
-					if batcher != nil {
-						batcher.EndBatch()
-					}
-					s.fail(fmt.Errorf("publish: %w", err))
-					return
+				if a.tag != 0 && a.state == attWriting {
+					a.state = attSent
+					s.fifo.push(entry{a: a, at: due, confirm: true})
 				}
 			}
-			if batcher != nil {
-				if err := batcher.EndBatch(); err != nil {
-					s.fail(fmt.Errorf("publish: %w", err))
-					return
-				}
-			}
-			s.mu.Lock()
 			s.spare = batch[:0]
 			s.mu.Unlock()
 		}
 	}
 }
 
-// tracker times out confirms with one timer, set for the oldest deadline.
-// Attempts are in the fifo in hand-off order, which is also write order, so
-// the deadlines of sent attempts never decrease along it; an attempt still
-// waiting for the writer (deadline from hand-off) may expire a little late,
-// behind a sent one, which only delays its return to the retry queue.
+// write publishes the attempts of batch that the writer took, in one socket
+// write where the channel can batch. It reports false when the session
+// failed.
+func (s *session) write(ex string, batch []*attempt) bool {
+	batcher, _ := s.ch.(transport.Batcher)
+	if batcher != nil && len(batch) > 1 {
+		batcher.BeginBatch()
+	} else {
+		batcher = nil
+	}
+	for _, a := range batch {
+		if a.tag == 0 {
+			continue // requeued before the writer took it
+		}
+		m := a.m
+		m.sentAt.Store(time.Now().UnixNano())
+		tag, err := s.ch.Publish(s.ctx, ex, m.typ.RoutingKey(), true, transport.Publishing{
+			ContentType: "application/json",
+			MessageID:   m.id,
+			Timestamp:   time.Unix(0, m.created),
+			Type:        string(m.typ),
+			AppID:       s.p.cfg.appID,
+			Persistent:  true,
+			Headers:     s.p.attemptHeaders(a.n),
+			Body:        m.body,
+		})
+		if err == nil && tag != a.tag {
+			err = fmt.Errorf("mlproducer: delivery tag %d from the channel, %d expected", tag, a.tag)
+		}
+		if err != nil {
+			if batcher != nil {
+				batcher.EndBatch()
+			}
+			s.fail(fmt.Errorf("publish: %w", err))
+			return false
+		}
+		// Only a write that returned counts in the attempt header.
+		m.sends.Store(a.n)
+	}
+	if batcher != nil {
+		if err := batcher.EndBatch(); err != nil {
+			s.fail(fmt.Errorf("publish: %w", err))
+			return false
+		}
+	}
+	return true
+}
+
+// tracker runs the deadlines of the fifo with one timer, set for the oldest.
+// Every entry is pushed with its deadline one confirm timeout after the
+// moment it is pushed, so deadlines never decrease along the fifo.
 func (s *session) tracker() {
 	defer s.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var requeue, failed []*message
+	var requeue, failed, answer []*message
 	for {
 		now := time.Now()
 		s.mu.Lock()
@@ -307,38 +384,45 @@ func (s *session) tracker() {
 			return
 		}
 		var wait time.Duration
-		for a := s.fifo.peek(); a != nil; a = s.fifo.peek() {
-			if a.state != attQueued && a.state != attSent {
+		for e := s.fifo.peek(); e != nil; e = s.fifo.peek() {
+			if e.expired() {
 				s.fifo.pop()
 				continue
 			}
-			if d := a.deadline.Sub(now); d > 0 {
+			if d := time.Duration(e.at - now.UnixNano()); d > 0 {
 				wait = d
 				break
 			}
+			a := *e
 			s.fifo.pop()
-			s.inflight--
 			switch {
-			case a.state == attQueued:
-				// Never written: the writer is stuck (back-pressure).
-				a.state = attDone
-				a.report(errNotSent)
-				requeue = append(requeue, a.m)
+			case !a.confirm && a.a.state == attQueued:
+				// Never taken by the writer, which is stuck: requeued.
+				a.a.state = attDone
+				s.inflight--
+				a.a.report(errNotSent)
+				requeue = append(requeue, a.a.m)
+				a.a.m = nil
+			case !a.confirm:
+				// Being written or waiting for its confirm: the caller
+				// waited a confirm timeout and is told Pending.
+				answer = append(answer, a.a.m)
 			case s.blocked.Load():
 				// Held by the broker's flow control, not refused: no
 				// attempt is spent, and a late ack still counts.
-				a.state = attTimedOut
+				a.a.state = attTimedOut
+				s.inflight--
 				s.timedOut++
-				a.report(errNotSent)
-				requeue = append(requeue, a.m)
+				a.a.report(errNotSent)
+				requeue = append(requeue, a.a.m)
 			default:
-				a.state = attTimedOut
+				a.a.state = attTimedOut
+				s.inflight--
 				s.timedOut++
-				a.report(errConfirmTimeout)
-				failed = append(failed, a.m)
+				a.a.report(errConfirmTimeout)
+				failed = append(failed, a.a.m)
 			}
 		}
-		s.trimFifo()
 		s.trackerIdle = wait == 0
 		tooMany := s.timedOut > s.p.cfg.maxInFlight
 		s.mu.Unlock()
@@ -350,12 +434,18 @@ func (s *session) tracker() {
 			s.p.metrics.failures[failTimeout].Add(1)
 			s.p.failAttempt(m, errConfirmTimeout)
 		}
+		// After the timeouts of this pass: a caller whose attempt timed out
+		// at the same moment is told Queued, not Pending.
+		for _, m := range answer {
+			m.signal(Pending)
+		}
 		if len(requeue)+len(failed) > 0 {
 			s.p.wakeRetry()
 		}
 		clear(requeue)
 		clear(failed)
-		requeue, failed = requeue[:0], failed[:0]
+		clear(answer)
+		requeue, failed, answer = requeue[:0], failed[:0], answer[:0]
 		if tooMany {
 			s.fail(errors.New("mlproducer: too many publisher confirms timed out; reconnecting"))
 		}
@@ -385,13 +475,21 @@ func (s *session) enter() bool {
 	return true // s.mu still held
 }
 
+// settled is what a confirm decided for one attempt, acted on outside s.mu.
+type settled struct {
+	m        *message
+	returned *ReturnedError
+	late     bool
+	done     func(error)
+}
+
 func (s *session) onConfirm(c transport.Confirmation) {
 	if !s.enter() {
 		return
 	}
 	defer s.cbs.Done()
-	var one [1]*attempt
-	done := one[:0]
+	var one [1]settled
+	outs := one[:0]
 	take := func(tag uint64) {
 		a, ok := s.pending[tag]
 		if !ok {
@@ -399,12 +497,14 @@ func (s *session) onConfirm(c transport.Confirmation) {
 		}
 		delete(s.pending, tag)
 		switch a.state {
-		case attSent:
+		case attWriting, attSent:
 			s.inflight--
 		case attTimedOut:
 			s.timedOut--
 		}
-		done = append(done, a)
+		outs = append(outs, settled{a.m, a.returned, a.state == attTimedOut, a.done})
+		a.state = attDone
+		a.m, a.done = nil, nil
 	}
 	if c.Multiple {
 		for t := s.ackFloor + 1; t <= c.DeliveryTag; t++ {
@@ -416,25 +516,14 @@ func (s *session) onConfirm(c transport.Confirmation) {
 	if c.DeliveryTag == s.ackFloor+1 || c.Multiple && c.DeliveryTag > s.ackFloor {
 		s.ackFloor = c.DeliveryTag
 	}
-	type result struct {
-		m        *message
-		returned *ReturnedError
-		late     bool
-		done     func(error)
-	}
-	var oneOut [1]result
-	outs := oneOut[:0]
-	for _, a := range done {
-		outs = append(outs, result{a.m, a.returned, a.state == attTimedOut, a.done})
-		a.state = attDone
-		a.m, a.done = nil, nil
-	}
 	s.trimFifo()
 	s.mu.Unlock()
 
 	p := s.p
 	for _, o := range outs {
 		switch {
+		case o.late && (!c.Ack || o.returned != nil):
+			// The confirm timeout already counted this attempt as failed.
 		case !c.Ack:
 			p.metrics.failures[failNack].Add(1)
 			if o.done != nil {
@@ -459,47 +548,72 @@ func (s *session) onConfirm(c transport.Confirmation) {
 			}
 		}
 	}
-	if len(done) > 0 {
+	if len(outs) > 0 {
 		p.wakeRetry()
 	}
 }
 
-// onReturn marks the oldest sent attempt of the returned message; its ack,
-// which follows, then counts as a failure.
+// onReturn marks the attempt the return belongs to; its ack, which follows,
+// then counts as a failure. The match is exact: message ID, routing key and
+// attempt header, and the body when several attempts still match (two
+// messages of one caller with one ID); of identical publishings, the oldest.
 func (s *session) onReturn(r transport.Return) {
 	if !s.enter() {
 		return
 	}
 	defer s.cbs.Done()
 	defer s.mu.Unlock()
-	for _, a := range s.fifo.live() {
-		if a.state == attSent && a.m.id == r.MessageID && a.returned == nil {
-			a.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
-			return
+	n, hasN := r.Headers[AttemptHeader].(int32)
+	var best *attempt
+	for _, a := range s.pending {
+		if a.m == nil || a.returned != nil || a.m.id != r.MessageID || a.m.typ.RoutingKey() != r.RoutingKey {
+			continue
+		}
+		if hasN && a.n != n || r.Body != nil && !bytes.Equal(a.m.body, r.Body) {
+			continue
+		}
+		if best == nil || a.tag < best.tag {
+			best = a
 		}
 	}
-	for _, a := range s.pending {
-		if a.state == attTimedOut && a.m.id == r.MessageID && a.returned == nil {
-			a.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
-			return
-		}
+	if best != nil {
+		best.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
 	}
 }
 
-// teardown closes the session and puts every message it still held back in
-// the retry queue, spending no attempt: the connection failed, not the
-// message.
+// messageLevel reports whether err is the broker closing the channel because
+// of what was published on it, rather than a failed connection: the attempts
+// in flight are then charged, so that a message the broker refuses this way
+// (over max_message_size, not permitted, to a missing exchange) is
+// dead-lettered in the end instead of being sent again for good.
+func messageLevel(err error) bool {
+	switch transport.ReplyCode(err) {
+	case 403, 404, 406:
+		return true
+	}
+	return false
+}
+
+// teardown closes the session and settles every attempt it still held:
+// requeued, spending no attempt, when the connection failed; failed when the
+// broker closed the channel for a message-level reason.
 func (s *session) teardown() {
+	charge := false
+	select {
+	case <-s.died:
+		charge = messageLevel(s.dieErr)
+	default: // closed by Close, not by the broker
+	}
 	s.mu.Lock()
 	s.dead = true
-	var back []*message
+	var back, failed []*message
 	lost := false
-	for _, a := range s.fifo.live() {
+	settle := func(a *attempt) {
 		switch a.state {
 		case attQueued:
 			a.report(errNotSent)
 			back = append(back, a.m)
-		case attSent:
+		case attWriting, attSent:
 			s.p.metrics.failures[failConnLost].Add(1)
 			// One lost connection is one failure for the breaker, however
 			// many messages were in flight on it.
@@ -509,9 +623,21 @@ func (s *session) teardown() {
 			} else {
 				a.report(errNotSent)
 			}
-			back = append(back, a.m)
+			// Charged only if its write returned: one that failed, on a
+			// channel the broker had closed already, never reached it.
+			if charge && a.m.sends.Load() >= a.n {
+				failed = append(failed, a.m)
+			} else {
+				back = append(back, a.m)
+			}
 		}
 		a.state = attDone
+	}
+	for _, a := range s.queue {
+		settle(a)
+	}
+	for _, a := range s.pending {
+		settle(a)
 	}
 	s.fifo, s.queue, s.pending = fifo{}, nil, nil
 	s.inflight = 0
@@ -527,6 +653,12 @@ func (s *session) teardown() {
 	for _, m := range back {
 		s.p.requeue(m, now)
 	}
+	if len(failed) > 0 {
+		err := fmt.Errorf("mlproducer: the broker closed the channel: %w", s.dieErr)
+		for _, m := range failed {
+			s.p.failAttempt(m, err)
+		}
+	}
 }
 
 // pendingCount is the number of messages handed to this session and not yet
@@ -537,36 +669,33 @@ func (s *session) pendingCount() int {
 	return s.inflight
 }
 
-// fifo is a queue of attempts that reuses its array: popping advances a head
+// fifo is a queue of deadlines that reuses its array: popping advances a head
 // index, and the live part moves down once the dead part is the larger.
 type fifo struct {
-	buf  []*attempt
+	buf  []entry
 	head int
 }
 
-func (q *fifo) push(a *attempt) {
+func (q *fifo) push(e entry) {
 	if q.head > 0 && q.head >= len(q.buf)-q.head && len(q.buf) == cap(q.buf) {
 		n := copy(q.buf, q.buf[q.head:])
 		clear(q.buf[n:])
 		q.buf, q.head = q.buf[:n], 0
 	}
-	q.buf = append(q.buf, a)
+	q.buf = append(q.buf, e)
 }
 
-func (q *fifo) peek() *attempt {
+func (q *fifo) peek() *entry {
 	if q.head == len(q.buf) {
 		return nil
 	}
-	return q.buf[q.head]
+	return &q.buf[q.head]
 }
 
 func (q *fifo) pop() {
-	q.buf[q.head] = nil
+	q.buf[q.head] = entry{}
 	q.head++
 	if q.head == len(q.buf) {
 		q.buf, q.head = q.buf[:0], 0
 	}
 }
-
-// live returns the attempts not yet popped, oldest first.
-func (q *fifo) live() []*attempt { return q.buf[q.head:] }

@@ -28,6 +28,17 @@ func (p *Producer) supervise() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	defer timer.Stop()
+	// wait sleeps d, or reports false when Close stops the Producer.
+	wait := func(d time.Duration) bool {
+		timer.Reset(d)
+		select {
+		case <-p.stop:
+			timer.Stop()
+			return false
+		case <-timer.C:
+			return true
+		}
+	}
 	next := 0 // index of the URL to try next
 	for {
 		select {
@@ -47,18 +58,18 @@ func (p *Producer) supervise() {
 			p.breaker.report(err)
 			p.noteError(raw, err)
 			next++
-			timer.Reset(bo.NextBackOff())
-			select {
-			case <-p.stop:
+			if !wait(bo.NextBackOff()) {
 				return
-			case <-timer.C:
 			}
 			continue
 		}
-		// A dial that got through, with the topology declared, is a success
-		// for the breaker: it ends a run of failed dials and, half-open, closes it.
-		p.breaker.report(nil)
-		bo.Reset()
+		// A dial that got through, with the topology declared, is the
+		// breaker's probe when it is half-open: the broker is back. Otherwise
+		// it resets nothing: a broker that drops every connection with
+		// messages in flight must still open the breaker.
+		if p.breaker.halfOpenState() {
+			p.breaker.report(nil)
+		}
 		p.ever = true
 		next %= len(p.cfg.urls)
 		p.stmu.Lock()
@@ -66,11 +77,8 @@ func (p *Producer) supervise() {
 		p.lastErr = ""
 		p.stmu.Unlock()
 		p.sess.Store(s)
-		if s.blocked.Load() {
-			p.setState(Blocked)
-		} else {
-			p.setState(Connected)
-		}
+		p.refreshState(s)
+		up := time.Now()
 		p.log.Info("mlproducer: connected", slog.String("url", s.url), slog.Uint64("epoch", s.epoch))
 		p.wakeRetry()
 
@@ -89,6 +97,42 @@ func (p *Producer) supervise() {
 		if stopping {
 			return
 		}
+		// A session that lived is followed by an immediate redial with the
+		// backoff reset; one that died young (refused at once: a missing
+		// exchange, a poison message, an unstable broker) waits its turn
+		// like a failed dial, so that nothing loops at full speed.
+		if time.Since(up) >= stableSession(p.cfg.reconnectMax) {
+			bo.Reset()
+		} else if !wait(bo.NextBackOff()) {
+			return
+		}
+	}
+}
+
+// stableSession is how long a session must have lived for the reconnect
+// backoff to start again from its initial interval.
+func stableSession(reconnectMax time.Duration) time.Duration {
+	return max(reconnectMax, time.Second)
+}
+
+// refreshState sets the state from the current session: Connected, or
+// Blocked while the broker blocks it. Called by the supervisor and by the
+// flow-control callback; both read the latest values under stmu, so the last
+// one to run always leaves the true state.
+func (p *Producer) refreshState(s *session) {
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	if p.sess.Load() != s || p.state == Closed {
+		return
+	}
+	st := Connected
+	if s.blocked.Load() {
+		st = Blocked
+	}
+	if p.state != st {
+		p.state = st
+		close(p.stateCh)
+		p.stateCh = make(chan struct{})
 	}
 }
 
@@ -113,29 +157,19 @@ func redactErr(raw string, err error) string {
 func (p *Producer) connect(raw string) (*session, error) {
 	p.epoch++
 	s := newSession(p, p.epoch, redactURL(raw))
-	ctx, cancel := context.WithTimeout(context.Background(), p.cfg.connectionTimeout)
+	// Every round trip of the set-up has one deadline, and Close cuts it
+	// short.
+	ctx, cancel := context.WithTimeout(p.stopCtx, p.cfg.connectionTimeout)
 	defer cancel()
-	// Close must not wait out a slow handshake.
-	go func() {
-		select {
-		case <-p.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	conn, err := p.dialer.Dial(ctx, raw, transport.Config{
 		Heartbeat:      p.cfg.heartbeat,
 		TLS:            p.cfg.tlsConfig,
 		ConnectionName: p.cfg.connectionName,
 		OnBlocked: func(blocked bool, reason string) {
 			s.blocked.Store(blocked)
-			if p.sess.Load() == s {
-				if blocked {
-					p.setState(Blocked)
-				} else {
-					p.setState(Connected)
-					p.wakeRetry()
-				}
+			p.refreshState(s)
+			if !blocked {
+				p.wakeRetry()
 			}
 			p.log.Warn("mlproducer: broker flow control", slog.Bool("blocked", blocked), slog.String("reason", reason))
 		},
@@ -150,9 +184,28 @@ func (p *Producer) connect(raw string) (*session, error) {
 		return nil, fmt.Errorf("dial %s: %w", redactURL(raw), err)
 	}
 	s.conn = conn
+	// The channel calls below take no context; closing the connection ends
+	// a call the broker never answers (a broker that completed the
+	// handshake, then stopped answering).
+	setUp := make(chan struct{})
+	watched := make(chan bool, 1)
+	go func() {
+		select {
+		case <-ctx.Done():
+			conn.Close()
+			watched <- true
+		case <-setUp:
+			watched <- false
+		}
+	}()
 	fail := func(what string, err error) (*session, error) {
+		close(setUp)
+		timedOut := <-watched
 		s.stopF()
 		conn.Close()
+		if timedOut {
+			err = fmt.Errorf("no answer within the connection timeout (%v): %w", err, ctx.Err())
+		}
 		return nil, fmt.Errorf("%s on %s: %w", what, redactURL(raw), err)
 	}
 	if err := p.declare(conn); err != nil {
@@ -174,6 +227,11 @@ func (p *Producer) connect(raw string) (*session, error) {
 		},
 	}); err != nil {
 		return fail("enable publisher confirms", err)
+	}
+	close(setUp)
+	if <-watched {
+		s.stopF()
+		return nil, fmt.Errorf("set up on %s: no answer within the connection timeout: %w", redactURL(raw), ctx.Err())
 	}
 	s.start()
 	return s, nil

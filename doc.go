@@ -12,8 +12,16 @@
 // broker confirms it (publisher confirms, basic.ack) or, when its retries run
 // out or [Producer.Close] ends first, hands it to the dead-letter hook
 // ([WithDeadLetter]) and counts it. The [Receipt] says how far it got:
-// [Confirmed], [Pending] (sent, not yet confirmed when ctx ended) or [Queued]
-// (waiting in the retry queue).
+// [Confirmed], [Pending] (handed to the connection, not yet confirmed when
+// ctx ended or the confirm timeout passed) or [Queued] (waiting in the retry
+// queue).
+//
+// An attempt counts against [WithMaxRetries] only when the message reached
+// the broker and failed: a nack, a return, no confirm one confirm timeout
+// after its write returned, or a channel the broker closed for what was
+// published on it (403, 404, 406: a message over its max_message_size, a
+// missing exchange). A lost connection, a write held by back-pressure or a
+// late answer to an attempt already counted spends nothing more.
 //
 // A message may reach the broker more than once (after a lost connection or a
 // confirm timeout); its message ID stays the same across attempts, so
@@ -31,7 +39,8 @@
 // publish goes straight to the bounded retry queue and returns [Queued].
 //
 // A publish waits for its confirm until ctx ends or the confirm timeout
-// ([WithConfirmTimeout]) passes, whichever comes first.
+// ([WithConfirmTimeout]) passes, counted from the hand-off, whichever comes
+// first.
 //
 // # Connection
 //
@@ -40,13 +49,19 @@
 // exponential backoff and full jitter across every URL given to [WithURLs],
 // declares the topology on each new connection, and puts everything that was
 // unconfirmed on a lost connection back in the retry queue. Time spent
-// disconnected costs a message no attempt.
+// disconnected costs a message no attempt. Every round trip of a connection's
+// set-up (dial, topology, channel, confirm mode) is bounded by the connection
+// timeout. A connection that dies young (within the reconnect backoff's
+// maximum, at least a second) is followed by a backoff wait like a failed
+// dial, so a broker that refuses each session at once is not redialed in a
+// loop.
 //
 // # Failures and flow control
 //
 // A circuit breaker ([WithCircuitBreaker]) opens after a run of consecutive
 // failures: nacks, unroutable returns, confirm timeouts, a connection lost
-// with messages in flight (one failure per connection), failed dials. While
+// with messages in flight (one failure per connection: the redial that follows
+// does not reset the count), failed dials. While
 // it is open, a publish fails at once with [ErrCircuitOpen] and the retry
 // queue waits; after the cooldown one probe goes through, and its success
 // closes the breaker. The probe is a publish, a retry, a dial, or, with no

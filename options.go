@@ -297,7 +297,11 @@ func WithMaxRetries(n int) Option { return func(c *config) { c.maxRetries = n } 
 // WithRetryQueueCapacity bounds the retry queue by message count and by the
 // total size of the bodies. A new publish that would have to wait in a full
 // queue fails with [ErrRetryQueueFull]; messages already accepted always get
-// back in. Default 10000 messages and 64 MiB.
+// back in. Since a message sent at once can fail and come back, a new publish
+// also fails with [ErrRetryQueueFull] when the Producer already holds
+// messages + [WithMaxInFlight] unconfirmed messages, or bytes of their
+// bodies, wherever they are: the queue never holds more than that. Default
+// 10000 messages and 64 MiB.
 func WithRetryQueueCapacity(messages, bytes int) Option {
 	return func(c *config) { c.retryCapCount, c.retryCapBytes = messages, bytes }
 }

@@ -1,6 +1,7 @@
 package mlproducer
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -27,8 +28,10 @@ type DeliveryState uint8
 const (
 	// Confirmed: the broker confirmed the message (basic.ack).
 	Confirmed DeliveryState = iota + 1
-	// Pending: the message was sent but ctx ended before its confirm. The
-	// Producer still owns it and will retry it if needed.
+	// Pending: the message was handed to the connection but ctx ended, or
+	// the confirm timeout passed since the hand-off, before its confirm (a
+	// write held by back-pressure, a slow confirm). The Producer still owns
+	// it and will retry it if needed.
 	Pending
 	// Queued: the message waits in the retry queue (no connection, a blocked
 	// one, or a failed attempt). The Producer owns it.
@@ -123,8 +126,16 @@ type Producer struct {
 	deadq []*message
 	seq   uint64
 
-	owned     atomic.Int64
+	// admit is held shared by every publish from its admission to its
+	// hand-off, so that Close, which takes it once after setting closing,
+	// knows that no message enters the Producer after it looked.
+	admit     sync.RWMutex
+	owned     atomic.Int64 // publishes admitted and messages not yet final
+	held      atomic.Int64 // messages accepted and not yet final
+	heldBytes atomic.Int64 // their bodies' size
 	closing   atomic.Bool
+	stopCtx   context.Context // done when Close stops the goroutines
+	stopAll   context.CancelFunc
 	drained   chan struct{}
 	retryWake chan struct{}
 	stop      chan struct{}
@@ -176,6 +187,7 @@ func New(opts ...Option) (*Producer, error) {
 	for i := range p.headers {
 		p.headers[i] = transport.Table{AttemptHeader: int32(i + 1)}
 	}
+	p.stopCtx, p.stopAll = context.WithCancel(context.Background())
 	p.breaker = newBreaker(p)
 	p.collector = newCollector(p)
 	if cfg.registerer != nil {
@@ -229,6 +241,9 @@ func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 		p.metrics.count(msg.Type, outInvalid)
 		return Receipt{}, err
 	}
+	// The caller may reuse its buffer once Publish returns: keep a copy of
+	// the bytes that were validated.
+	body := bytes.Clone(msg.Body)
 	done, err := p.begin(ctx, msg.Type)
 	if err != nil {
 		return Receipt{}, err
@@ -240,7 +255,7 @@ func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 			return Receipt{}, err
 		}
 	}
-	return p.submit(ctx, done, id, msg.Type, msg.Body, time.Now())
+	return p.submit(ctx, done, id, msg.Type, body, time.Now())
 }
 
 func newMessageID() (string, error) {
@@ -253,20 +268,22 @@ func newMessageID() (string, error) {
 
 // begin admits one publish before any work is spent on it: ctx still live,
 // Producer open, breaker willing. It returns the breaker's ticket; the caller
-// must then call submit or abandon.
+// must then call submit or abandon, soon: until then Close waits.
 func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error) {
 	if err := ctx.Err(); err != nil {
 		p.metrics.count(typ, outContextDone)
 		return nil, err
 	}
-	p.owned.Add(1)
+	p.admit.RLock()
 	if p.closing.Load() {
-		p.disown()
+		p.admit.RUnlock()
 		p.metrics.count(typ, outClosed)
 		return nil, ErrClosed
 	}
+	p.owned.Add(1)
 	done, err := p.breaker.allow()
 	if err != nil {
+		p.admit.RUnlock()
 		p.disown()
 		p.metrics.count(typ, outCircuitOpen)
 		return nil, err
@@ -276,14 +293,45 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 
 // abandon undoes begin when the message could not be built.
 func (p *Producer) abandon(done func(error)) {
+	p.admit.RUnlock()
 	done(errNotSent)
 	p.disown()
+}
+
+// hold counts a new message against the Producer's capacity: at most the
+// retry queue's capacity plus the in-flight window of messages, and the retry
+// queue's bytes, accepted and not yet final, wherever they are. A message
+// sent at once can come back to the retry queue when it fails, so admitting
+// by the queue's fill alone would let it grow without bound.
+func (p *Producer) hold(size int) bool {
+	if p.held.Add(1) > int64(p.cfg.retryCapCount+p.cfg.maxInFlight) {
+		p.held.Add(-1)
+		return false
+	}
+	if p.heldBytes.Add(int64(size)) > int64(p.cfg.retryCapBytes) {
+		p.release(size)
+		return false
+	}
+	return true
+}
+
+// release undoes hold when the message is final or was refused.
+func (p *Producer) release(size int) {
+	p.held.Add(-1)
+	p.heldBytes.Add(-int64(size))
 }
 
 // submit hands a begun message to the session, or to the retry queue, and
 // waits for its first outcome or ctx.
 func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time) (Receipt, error) {
 	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1}
+	if !p.hold(len(body)) {
+		p.admit.RUnlock()
+		done(errNotSent)
+		p.disown()
+		p.metrics.count(typ, outQueueFull)
+		return Receipt{}, ErrRetryQueueFull
+	}
 	s := p.liveSession()
 	if s != nil {
 		// Only a caller that may wait needs the channel; a message that
@@ -292,14 +340,18 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 	}
 	if s == nil || !s.tryEnqueue(m, done) {
 		done(errNotSent)
-		if !p.admit(m) {
+		if !p.enqueueRetry(m) {
+			p.admit.RUnlock()
+			p.release(len(body))
 			p.disown()
 			p.metrics.count(typ, outQueueFull)
 			return Receipt{}, ErrRetryQueueFull
 		}
+		p.admit.RUnlock()
 		p.metrics.count(typ, outAccepted)
 		return Receipt{MessageID: id, State: Queued}, nil
 	}
+	p.admit.RUnlock()
 	p.metrics.count(typ, outAccepted)
 	select {
 	case <-m.done:
@@ -331,6 +383,7 @@ func (p *Producer) confirmed(m *message) {
 		p.metrics.observeLatency(time.Duration(time.Now().UnixNano() - at))
 	}
 	m.signal(Confirmed)
+	p.release(len(m.body))
 	p.disown()
 }
 
@@ -340,14 +393,28 @@ func (p *Producer) deadLetter(m *message, err error) {
 	p.log.Warn("mlproducer: message dead-lettered",
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
 		slog.Int("attempts", m.attempts), slog.Any("error", err))
-	if p.cfg.deadLetter != nil {
-		p.cfg.deadLetter(DeadLetter{
-			Message:  Message{Type: m.typ, ID: m.id, Body: m.body},
-			Attempts: m.attempts,
-			Err:      err,
-		})
-	}
+	p.callDeadLetter(DeadLetter{
+		Message:  Message{Type: m.typ, ID: m.id, Body: m.body},
+		Attempts: m.attempts,
+		Err:      err,
+	})
+	p.release(len(m.body))
 	p.disown()
+}
+
+// callDeadLetter calls the hook; a panic in it is logged, not fatal, and the
+// message still counts as handed over.
+func (p *Producer) callDeadLetter(d DeadLetter) {
+	if p.cfg.deadLetter == nil {
+		return
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			p.log.Error("mlproducer: the dead-letter hook panicked",
+				slog.String("messageId", d.Message.ID), slog.Any("panic", r))
+		}
+	}()
+	p.cfg.deadLetter(d)
 }
 
 // WaitConnected waits until the Producer has a connection ready for
@@ -358,6 +425,9 @@ func (p *Producer) WaitConnected(ctx context.Context) error {
 		p.stmu.Lock()
 		st, ch, last := p.state, p.stateCh, p.lastErr
 		p.stmu.Unlock()
+		if p.closing.Load() {
+			return ErrClosed
+		}
 		switch st {
 		case Connected, Blocked:
 			return nil
@@ -399,6 +469,10 @@ func (p *Producer) Close(ctx context.Context) error {
 	}
 	p.closed = true
 	p.closing.Store(true)
+	// Wait for the publishes admitted before closing was set to hand their
+	// message off (a moment: no network wait); later ones see closing.
+	p.admit.Lock()
+	p.admit.Unlock() //nolint:staticcheck // an empty critical section is the barrier
 
 	var cause error
 drain:
@@ -411,6 +485,7 @@ drain:
 		}
 	}
 	close(p.stop)
+	p.stopAll()
 	p.wg.Wait()
 
 	p.flushDeadLetters()

@@ -225,9 +225,9 @@ func (p *Producer) backoffFor(m *message) time.Duration {
 	return m.backoff.NextBackOff()
 }
 
-// admit puts a new message straight into the retry queue (no connection, a
-// blocked one, or no room on it), if the queue has room.
-func (p *Producer) admit(m *message) bool {
+// enqueueRetry puts a new message straight into the retry queue (no
+// connection, a blocked one, or no room on it), if the queue has room.
+func (p *Producer) enqueueRetry(m *message) bool {
 	p.rmu.Lock()
 	if p.retry.len() >= p.cfg.retryCapCount || p.retry.bytes()+len(m.body) > p.cfg.retryCapBytes {
 		p.rmu.Unlock()
