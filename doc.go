@@ -29,6 +29,13 @@
 // as mandatory: one the broker cannot route is returned and retried, never
 // reported as confirmed.
 //
+// Every body is bounded: a [Message] body, and a typed task's body once its
+// content is escaped as JSON, is at most the content limit
+// ([WithMaxContentBytes], 1 MiB by default) plus 64 KiB, or the publish
+// fails with an [*InvalidTaskError] that wraps [ErrTooLarge]. Consumers read
+// bodies with [DecodeTask], which applies the same limits and rules to what
+// it reads from the queue.
+//
 // # Concurrency
 //
 // A Producer is safe for concurrent use, and concurrent callers overlap: no

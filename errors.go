@@ -21,6 +21,10 @@ var (
 	// ErrInvalidTask is wrapped by every [*InvalidTaskError]. The message was
 	// not taken.
 	ErrInvalidTask = errors.New("mlproducer: invalid task")
+	// ErrTooLarge is wrapped by the [*InvalidTaskError] of content or a body
+	// over its size limit (a service answers 413 rather than 400), and it
+	// wraps [ErrInvalidTask] itself. The message was not taken.
+	ErrTooLarge = fmt.Errorf("%w: too large", ErrInvalidTask)
 	// ErrInvalidOption is wrapped by every [*OptionError].
 	ErrInvalidOption = errors.New("mlproducer: invalid option")
 	// ErrNotReady is wrapped by every error of [Producer.Ready]: the Producer
@@ -29,21 +33,29 @@ var (
 )
 
 // InvalidTaskError says which field of a task was refused and why. It wraps
-// [ErrInvalidTask].
+// [ErrInvalidTask], through [ErrTooLarge] when the field is over a size limit.
 type InvalidTaskError struct {
 	// Field is the field's name as it appears in the JSON body, for example
 	// "shareId" or "options.maxLength".
 	Field string
 	// Reason says what is wrong, in words a caller can show to its user.
 	Reason string
+
+	err error // ErrTooLarge, or nil for ErrInvalidTask
 }
 
 func (e *InvalidTaskError) Error() string {
 	return fmt.Sprintf("mlproducer: invalid task: %s: %s", e.Field, e.Reason)
 }
 
-// Unwrap returns [ErrInvalidTask].
-func (e *InvalidTaskError) Unwrap() error { return ErrInvalidTask }
+// Unwrap returns [ErrTooLarge] for a field over its size limit, otherwise
+// [ErrInvalidTask].
+func (e *InvalidTaskError) Unwrap() error {
+	if e.err != nil {
+		return e.err
+	}
+	return ErrInvalidTask
+}
 
 // OptionError names an option or environment variable whose value was
 // refused. It wraps [ErrInvalidOption].

@@ -6,12 +6,17 @@ import (
 )
 
 // PublishSummarization publishes a summarization task for the share shareID
-// with the text content. It validates its input before anything is sent and
-// otherwise behaves as [Producer.Publish]: a nil error means the Producer owns
+// with the text content. It validates its input before anything is sent,
+// including the size of the body it makes: content within
+// [WithMaxContentBytes] can still be refused when escaping it as JSON makes
+// the body longer than the body limit (an [*InvalidTaskError] for "content"
+// that wraps [ErrTooLarge]). Otherwise it behaves as [Producer.Publish]: a
+// nil error means the Producer owns
 // the message; the [Receipt] gives its ID and how far it got before ctx ended
 // or the confirm timeout passed.
 func (p *Producer) PublishSummarization(ctx context.Context, shareID, content string, opts SummarizationOptions) (Receipt, error) {
-	if err := p.cfg.limits.validateSummarization(shareID, content, &opts); err != nil {
+	size, err := p.cfg.limits.validateSummarization(shareID, content, &opts)
+	if err != nil {
 		p.metrics.count(TaskSummarization, outInvalid)
 		return Receipt{}, err
 	}
@@ -25,7 +30,7 @@ func (p *Producer) PublishSummarization(ctx context.Context, shareID, content st
 		return Receipt{}, err
 	}
 	now := time.Now()
-	body := appendSummarizationBody(make([]byte, 0, len(content)+256), id, now, shareID, content, &opts)
+	body := appendSummarizationBody(make([]byte, 0, size), id, now, shareID, content, &opts)
 	return p.submit(ctx, done, id, TaskSummarization, body, now)
 }
 
@@ -33,7 +38,8 @@ func (p *Producer) PublishSummarization(ctx context.Context, shareID, content st
 // of the audio or video at mediaURL (by default an https, http, s3 or gs
 // URL). It behaves as [Producer.PublishSummarization].
 func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL string, opts TranscriptionOptions) (Receipt, error) {
-	if err := p.cfg.limits.validateTranscription(shareID, mediaURL, &opts); err != nil {
+	size, err := p.cfg.limits.validateTranscription(shareID, mediaURL, &opts)
+	if err != nil {
 		p.metrics.count(TaskTranscription, outInvalid)
 		return Receipt{}, err
 	}
@@ -47,14 +53,15 @@ func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL s
 		return Receipt{}, err
 	}
 	now := time.Now()
-	body := appendTranscriptionBody(make([]byte, 0, len(mediaURL)+256), id, now, shareID, mediaURL, &opts)
+	body := appendTranscriptionBody(make([]byte, 0, size), id, now, shareID, mediaURL, &opts)
 	return p.submit(ctx, done, id, TaskTranscription, body, now)
 }
 
 // PublishEmbedding publishes an embedding task for the share shareID with the
 // text content. It behaves as [Producer.PublishSummarization].
 func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string, opts EmbeddingOptions) (Receipt, error) {
-	if err := p.cfg.limits.validateEmbedding(shareID, content, &opts); err != nil {
+	size, err := p.cfg.limits.validateEmbedding(shareID, content, &opts)
+	if err != nil {
 		p.metrics.count(TaskEmbedding, outInvalid)
 		return Receipt{}, err
 	}
@@ -68,6 +75,6 @@ func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string
 		return Receipt{}, err
 	}
 	now := time.Now()
-	body := appendEmbeddingBody(make([]byte, 0, len(content)+256), id, now, shareID, content, &opts)
+	body := appendEmbeddingBody(make([]byte, 0, size), id, now, shareID, content, &opts)
 	return p.submit(ctx, done, id, TaskEmbedding, body, now)
 }

@@ -1,6 +1,7 @@
 package mlproducer
 
 import (
+	"bytes"
 	"encoding/json"
 	"net/url"
 	"slices"
@@ -75,6 +76,13 @@ const (
 	defaultMaxContent  = 1 << 20
 	defaultBodyOverrun = 64 << 10
 )
+
+// DefaultMaxBodyBytes is the body limit of a Producer with the default
+// [WithMaxContentBytes] (1 MiB of content plus 64 KiB for the rest of the
+// body), and so the largest body [DecodeTask] accepts by default. A Producer
+// refuses to publish a bigger body: a typed task whose content grows past it
+// once escaped as JSON, or a [Message] whose Body is longer.
+const DefaultMaxBodyBytes = defaultMaxContent + defaultBodyOverrun
 
 // Summarization styles accepted in [SummarizationOptions.Style].
 const (
@@ -202,6 +210,24 @@ func invalid(field, reason string) error {
 	return &InvalidTaskError{Field: field, Reason: reason}
 }
 
+// tooLarge returns an *InvalidTaskError for field that wraps ErrTooLarge.
+func tooLarge(field, reason string) error {
+	return &InvalidTaskError{Field: field, Reason: reason, err: ErrTooLarge}
+}
+
+// checkBodySize refuses a typed task whose body, n bytes once encoded, is
+// over the body limit. Escaping can make the body several times longer than
+// the content: a quote or a backslash takes 2 bytes, a control character 2
+// or 6, U+2028 and U+2029 6 (for 3), so content within its own limit can
+// still make a body over this one.
+func (l *taskLimits) checkBodySize(field string, n int) error {
+	if limit := l.bodyLimit(); n > limit {
+		return tooLarge(field, "makes a body of "+strconv.Itoa(n)+" bytes once escaped as JSON, over the body limit of "+
+			strconv.Itoa(limit)+" bytes (quotes, backslashes and control characters take 2 to 6 bytes each)")
+	}
+	return nil
+}
+
 // validateMessage checks a generic message before it is published. Errors
 // are *InvalidTaskError with Field "type", "id" or "body".
 func (l *taskLimits) validateMessage(m *Message) error {
@@ -223,7 +249,7 @@ func (l *taskLimits) validateMessage(m *Message) error {
 		return invalid("body", "is required")
 	}
 	if limit := l.bodyLimit(); len(m.Body) > limit {
-		return invalid("body", "is longer than "+strconv.Itoa(limit)+" bytes")
+		return tooLarge("body", "is longer than "+strconv.Itoa(limit)+" bytes")
 	}
 	if !utf8.Valid(m.Body) {
 		return invalid("body", "is not valid UTF-8")
@@ -252,42 +278,81 @@ func firstNonSpace(b []byte) byte {
 	return 0
 }
 
-// validateSummarization checks the arguments of a summarization task.
-// Errors are *InvalidTaskError naming "shareId", "content" or
-// "options.<name>".
-func (l *taskLimits) validateSummarization(shareID, content string, o *SummarizationOptions) error {
+// validateSummarization checks the arguments of a summarization task and
+// returns a capacity for its body with a generated message id (see
+// typedBodySize). Errors are *InvalidTaskError naming "shareId", "content"
+// or "options.<name>"; content that would make the body longer than the
+// body limit is refused here, before the body is built.
+func (l *taskLimits) validateSummarization(shareID, content string, o *SummarizationOptions) (int, error) {
 	if err := checkShareID(shareID, l.shareIDLimit()); err != nil {
-		return err
+		return 0, err
 	}
 	if err := checkContent(content, l.contentLimit()); err != nil {
-		return err
+		return 0, err
 	}
-	return checkSummarizationOptions(o)
+	if err := checkSummarizationOptions(o); err != nil {
+		return 0, err
+	}
+	return l.typedBodySize(content, func(contentLen int) int {
+		return summarizationBodyLen(generatedIDLen+2, jsonStringLen(shareID), contentLen, o)
+	})
 }
 
-// validateTranscription checks the arguments of a transcription task.
-// Errors are *InvalidTaskError naming "shareId", "mediaUrl" or
-// "options.<name>".
-func (l *taskLimits) validateTranscription(shareID, mediaURL string, o *TranscriptionOptions) error {
+// validateTranscription checks the arguments of a transcription task and
+// returns the exact length of its body with a generated message id. Errors are
+// *InvalidTaskError naming "shareId", "mediaUrl" or "options.<name>".
+func (l *taskLimits) validateTranscription(shareID, mediaURL string, o *TranscriptionOptions) (int, error) {
 	if err := checkShareID(shareID, l.shareIDLimit()); err != nil {
-		return err
+		return 0, err
 	}
 	if err := checkMediaURL(mediaURL, l.schemeAllowed); err != nil {
-		return err
+		return 0, err
 	}
-	return checkTranscriptionOptions(o)
+	if err := checkTranscriptionOptions(o); err != nil {
+		return 0, err
+	}
+	// The URL and the share id are short (with any limits a Producer can
+	// be given, they fit): their length is always counted exactly.
+	n := transcriptionBodyLen(generatedIDLen+2, jsonStringLen(shareID), jsonStringLen(mediaURL), o)
+	return n, l.checkBodySize(fieldMediaURL, n)
 }
 
-// validateEmbedding checks the arguments of an embedding task. Errors are
+// validateEmbedding checks the arguments of an embedding task and returns
+// a capacity for its body, as validateSummarization does. Errors are
 // *InvalidTaskError naming "shareId", "content" or "options.<name>".
-func (l *taskLimits) validateEmbedding(shareID, content string, o *EmbeddingOptions) error {
+func (l *taskLimits) validateEmbedding(shareID, content string, o *EmbeddingOptions) (int, error) {
 	if err := checkShareID(shareID, l.shareIDLimit()); err != nil {
-		return err
+		return 0, err
 	}
 	if err := checkContent(content, l.contentLimit()); err != nil {
-		return err
+		return 0, err
 	}
-	return checkEmbeddingOptions(o)
+	if err := checkEmbeddingOptions(o); err != nil {
+		return 0, err
+	}
+	return l.typedBodySize(content, func(contentLen int) int {
+		return embeddingBodyLen(generatedIDLen+2, jsonStringLen(shareID), contentLen, o)
+	})
+}
+
+// typedBodySize checks the size of a typed body with the given content
+// before it is built, and returns a capacity to build it in. bodyLen gives
+// the body's length for a content whose JSON string is contentLen bytes.
+//
+// Escaping at most multiplies the length of content by 6 (a control
+// character becomes \u00XX), so content short enough to fit even then, as
+// all but the largest is, is not read again: the capacity is then the
+// body's length without escapes plus 1/16 for them (append grows the body
+// if that is not enough). Longer content is read once more to count its
+// escapes, the body's length is exact, and a body over the limit is refused
+// with an error for the content that wraps ErrTooLarge.
+func (l *taskLimits) typedBodySize(content string, bodyLen func(contentLen int) int) (int, error) {
+	n := bodyLen(len(content) + 2)
+	if n+5*len(content) <= l.bodyLimit() {
+		return n + n/16, nil
+	}
+	n = bodyLen(jsonStringLen(content))
+	return n, l.checkBodySize(fieldContent, n)
 }
 
 // checkMessageID checks a message id: 1 to 128 visible ASCII characters.
@@ -337,14 +402,14 @@ func checkShareID(s string, limit int) error {
 	return nil
 }
 
-// checkContent checks a text to work on: not blank, at most limit bytes
-// (when limit > 0), valid UTF-8.
+// checkContent checks a text to work on: not blank, at most limit bytes,
+// valid UTF-8.
 func checkContent(s string, limit int) error {
 	if s == "" {
 		return invalid("content", "is required")
 	}
-	if limit > 0 && len(s) > limit {
-		return invalid("content", "is longer than "+strconv.Itoa(limit)+" bytes")
+	if len(s) > limit {
+		return tooLarge("content", "is longer than "+strconv.Itoa(limit)+" bytes")
 	}
 	if !utf8.ValidString(s) {
 		return invalid("content", "is not valid UTF-8")
@@ -387,10 +452,6 @@ func checkMediaURL(s string, allowed func(scheme string) bool) error {
 	}
 	return nil
 }
-
-// anyScheme accepts every URL scheme; consumers decoding a body do not know
-// the producer's list.
-func anyScheme(string) bool { return true }
 
 func checkSummarizationOptions(o *SummarizationOptions) error {
 	if o == nil {
@@ -504,9 +565,6 @@ const (
 	prefixSummarization = `{"version":1,"type":"summarization","messageId":`
 	prefixTranscription = `{"version":1,"type":"transcription","messageId":`
 	prefixEmbedding     = `{"version":1,"type":"embedding","messageId":`
-	// bodyOverhead is enough for the fixed parts of a body besides the
-	// prefix: keys, quotes and the timestamp, with all options set.
-	bodyOverhead = 256
 )
 
 // appendSummarizationBody appends the JSON body of a summarization task to
@@ -518,10 +576,10 @@ const (
 // (on one line). o may be nil; zero options are left out, so "options" is
 // {} when all are zero. created is written in UTC with nine fractional
 // digits; its year must be 0 to 9999. The arguments are not validated: call
-// validateSummarization first. Invalid UTF-8 is written as U+FFFD so the
-// output is always valid JSON.
+// validateSummarization first, which also returns the body's length, so
+// that dst can have room for it (append grows dst otherwise). Invalid UTF-8
+// is written as U+FFFD so the output is always valid JSON.
 func appendSummarizationBody(dst []byte, id string, created time.Time, shareID, content string, o *SummarizationOptions) []byte {
-	dst = slices.Grow(dst, len(prefixSummarization)+len(id)+len(shareID)+len(content)+bodyOverhead)
 	dst = append(dst, prefixSummarization...)
 	dst = appendJSONString(dst, id)
 	dst = append(dst, `,"shareId":`...)
@@ -554,7 +612,6 @@ func appendSummarizationBody(dst []byte, id string, created time.Time, shareID, 
 // with "mediaUrl" in place of "content". The arguments are not validated:
 // call validateTranscription first.
 func appendTranscriptionBody(dst []byte, id string, created time.Time, shareID, mediaURL string, o *TranscriptionOptions) []byte {
-	dst = slices.Grow(dst, len(prefixTranscription)+len(id)+len(shareID)+len(mediaURL)+bodyOverhead)
 	dst = append(dst, prefixTranscription...)
 	dst = appendJSONString(dst, id)
 	dst = append(dst, `,"shareId":`...)
@@ -586,7 +643,6 @@ func appendTranscriptionBody(dst []byte, id string, created time.Time, shareID, 
 // embedding options. The arguments are not validated: call
 // validateEmbedding first.
 func appendEmbeddingBody(dst []byte, id string, created time.Time, shareID, content string, o *EmbeddingOptions) []byte {
-	dst = slices.Grow(dst, len(prefixEmbedding)+len(id)+len(shareID)+len(content)+bodyOverhead)
 	dst = append(dst, prefixEmbedding...)
 	dst = appendJSONString(dst, id)
 	dst = append(dst, `,"shareId":`...)
@@ -607,6 +663,103 @@ func appendEmbeddingBody(dst []byte, id string, created time.Time, shareID, cont
 		}
 	}
 	return appendCreatedAt(dst, created)
+}
+
+// generatedIDLen is the length of a message id the Producer generates: a
+// UUID in its 36-character text form, which needs no escaping.
+const generatedIDLen = len("01890a5d-ac96-774b-bcce-b302099a8057")
+
+// Lengths of the fixed parts of every body: the keys around the share id
+// and the content (or media URL), and the tail around the timestamp.
+const (
+	lenShareIDKey = len(`,"shareId":`)
+	lenContentKey = len(`,"content":`)
+	lenMediaKey   = len(`,"mediaUrl":`)
+	lenOptionsKey = len(`,"options":{`)
+	lenTail       = len(`},"createdAt":"`) + len("2006-01-02T15:04:05.000000000Z") + len(`"}`)
+)
+
+// The lengths below are those of the bodies the append functions write, for
+// a created time in the years 0 to 9999; each argument named *Len is the
+// length of that string as a JSON string, quotes included (jsonStringLen).
+// TestValidatorBodyLen and FuzzEncodeBody check them against the append
+// functions.
+
+// summarizationBodyLen returns len(appendSummarizationBody(...)).
+func summarizationBodyLen(idLen, shareIDLen, contentLen int, o *SummarizationOptions) int {
+	n := len(prefixSummarization) + idLen + lenShareIDKey + shareIDLen + lenContentKey + contentLen + lenOptionsKey + lenTail
+	if o != nil {
+		members := 0
+		if o.MaxLength != 0 {
+			n += len(`"maxLength":`) + intLen(o.MaxLength)
+			members++
+		}
+		if o.Language != "" {
+			n += len(`"language":`) + jsonStringLen(o.Language)
+			members++
+		}
+		if o.Style != "" {
+			n += len(`"style":`) + jsonStringLen(o.Style)
+			members++
+		}
+		n += commas(members)
+	}
+	return n
+}
+
+// transcriptionBodyLen returns len(appendTranscriptionBody(...)).
+func transcriptionBodyLen(idLen, shareIDLen, mediaURLLen int, o *TranscriptionOptions) int {
+	n := len(prefixTranscription) + idLen + lenShareIDKey + shareIDLen + lenMediaKey + mediaURLLen + lenOptionsKey + lenTail
+	if o != nil {
+		members := 0
+		if o.Language != "" {
+			n += len(`"language":`) + jsonStringLen(o.Language)
+			members++
+		}
+		if o.Diarization {
+			n += len(`"diarization":true`)
+			members++
+		}
+		if o.MaxSpeakers != 0 {
+			n += len(`"maxSpeakers":`) + intLen(o.MaxSpeakers)
+			members++
+		}
+		n += commas(members)
+	}
+	return n
+}
+
+// embeddingBodyLen returns len(appendEmbeddingBody(...)).
+func embeddingBodyLen(idLen, shareIDLen, contentLen int, o *EmbeddingOptions) int {
+	n := len(prefixEmbedding) + idLen + lenShareIDKey + shareIDLen + lenContentKey + contentLen + lenOptionsKey + lenTail
+	if o != nil {
+		members := 0
+		if o.Model != "" {
+			n += len(`"model":`) + jsonStringLen(o.Model)
+			members++
+		}
+		if o.Dimensions != 0 {
+			n += len(`"dimensions":`) + intLen(o.Dimensions)
+			members++
+		}
+		n += commas(members)
+	}
+	return n
+}
+
+// commas returns the number of commas between n object members.
+func commas(n int) int { return max(n-1, 0) }
+
+// intLen returns the length of strconv.Itoa(v).
+func intLen(v int) int {
+	n := 1
+	if v < 0 {
+		n++ // the sign; the digits of v and -v are the same
+	}
+	for v /= 10; v != 0; v /= 10 {
+		n++
+	}
+	return n
 }
 
 // appendKey appends key, preceded by a comma if comma is set.
@@ -734,6 +887,42 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
+// jsonStringLen returns the length of what appendJSONString appends for s,
+// quotes included: it follows appendJSONString byte for byte, without
+// writing (at about 5 GB/s on plain ASCII; utf8.ValidString is faster
+// still).
+func jsonStringLen(s string) int {
+	n := len(s) + 2
+	for i := 0; i < len(s); {
+		for i+8 <= len(s) && plainASCII8(load64(s[i:])) {
+			i += 8
+		}
+		if i == len(s) {
+			break
+		}
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t':
+				n++ // a short escape: 2 bytes for 1
+			case c < 0x20:
+				n += 5 // \u00XX: 6 bytes for 1
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			n += 5 // \ufffd: 6 bytes for 1
+		case r == '\u2028' || r == '\u2029':
+			n += 3 // \u202X: 6 bytes for 3
+		}
+		i += size
+	}
+	return n
+}
+
 // load64 returns the first eight bytes of s (len(s) >= 8) as a little-endian
 // word; the compiler makes it one load.
 func load64(s string) uint64 {
@@ -795,91 +984,177 @@ const (
 	fieldCreatedAt = "createdAt"
 )
 
-// DecodeTask decodes and checks a task body. It accepts version 1 bodies
-// whose fields have the types and ranges that testdata/task.schema.json
-// documents; unknown fields are refused, since any change to the shape
-// comes with a new version. It does not apply a producer's size limits or
-// its list of media URL schemes, which consumers cannot know. Keys are
-// matched exactly (encoding/json would ignore case).
+// Indexes of the fields of a version 1 body, in the order above.
+const (
+	idxVersion = iota
+	idxType
+	idxMessageID
+	idxShareID
+	idxContent
+	idxMediaURL
+	idxOptions
+	idxCreatedAt
+	numFields
+)
+
+// DecodeTask decodes and checks a task body, as a consumer receives it. It
+// accepts the bodies a Producer with the same options sends, and nothing
+// else: a version 1 body whose fields have the types and ranges that
+// testdata/task.schema.json documents, checked with the Producer's rules
+// and limits.
 //
-// Every error is an [*InvalidTaskError] (so it wraps [ErrInvalidTask])
+// It is meant for untrusted queue contents. A body longer than the body
+// limit ([DefaultMaxBodyBytes] by default) is refused before it is read,
+// and reading a body allocates at most about its size (the decoded strings)
+// whatever its shape. A consumer of a Producer built with
+// [WithMaxContentBytes] or [WithMediaURLSchemes] passes the same options
+// here, so that both sides apply the same limits; opts may be the very list
+// given to [New], since the other options are ignored. A body over the
+// limit those options give is not one the Producer sent: reject it
+// (dead-letter or drop it) rather than raise the limit for it.
+//
+// What it checks, beyond the schema's shape:
+//   - the share id as the Producer does (at most 256 bytes, no control
+//     characters, not blank; Unicode format characters such as U+202E are
+//     allowed, so escape the share id before you display it), the content
+//     (at most the content limit, not blank; any character, NUL included),
+//     the media URL (one of the allowed schemes, by default https, http, s3
+//     and gs; a host; no user information) and the options' ranges;
+//   - every key once: a body with a repeated key, even one spelled with
+//     escapes (\u0074ype), is refused, since JSON parsers disagree on what
+//     it means (the first, the last, or an error);
+//   - keys matched exactly (encoding/json would ignore case), and unknown
+//     keys refused, since any change to the shape comes with a new version;
+//   - valid UTF-8, with no escaped lone surrogate (\ud800 alone), which
+//     encoding/json would turn into U+FFFD silently.
+//
+// Every error about the body is an [*InvalidTaskError] (so it wraps
+// [ErrInvalidTask], and [ErrTooLarge] for a body or content over its limit)
 // whose Field names the offending field, for example "options.maxLength";
-// it is "body" when the body is not a JSON object in valid UTF-8.
-func DecodeTask(body []byte) (Task, error) {
+// it is "body" when the body is too long or not a JSON object in valid
+// UTF-8. When two fields are wrong, the first key that is unknown or
+// repeated is reported, or else the first wrong field in the order of the
+// schema. An option that [New] would refuse makes every call return that
+// [*OptionError].
+func DecodeTask(body []byte, opts ...Option) (Task, error) {
+	var l taskLimits // the zero value means the defaults
+	if len(opts) > 0 {
+		var err error
+		if l, err = decodeLimits(opts); err != nil {
+			return Task{}, err
+		}
+	}
+	return l.decodeTask(body)
+}
+
+// decodeLimits returns the task limits that opts give a Producer.
+func decodeLimits(opts []Option) (taskLimits, error) {
+	c := defaultConfig()
+	for _, o := range opts {
+		if o != nil {
+			o(&c)
+		}
+	}
+	// As config.validate says of the two options that set limits.
+	switch {
+	case c.limits.maxContent <= 0:
+		return taskLimits{}, optErr("WithMaxContentBytes", c.limits.maxContent, "must be > 0")
+	case len(c.limits.mediaSchemes) == 0:
+		return taskLimits{}, optErr("WithMediaURLSchemes", "", "at least one scheme is required")
+	}
+	return c.limits, nil
+}
+
+// decodeTask is DecodeTask with the limits of l. It reads body in three
+// passes that allocate nothing (UTF-8, JSON syntax, the top-level members),
+// then decodes each field's value on its own: only the strings and a copy
+// of the options object are allocated.
+func (l *taskLimits) decodeTask(body []byte) (Task, error) {
+	if limit := l.bodyLimit(); len(body) > limit {
+		return Task{}, tooLarge("body", "is "+strconv.Itoa(len(body))+" bytes, over the limit of "+strconv.Itoa(limit)+
+			" bytes (a Producer given a larger WithMaxContentBytes sends larger bodies: give DecodeTask the same option)")
+	}
 	if !utf8.Valid(body) {
 		return Task{}, invalid("body", "is not valid UTF-8")
 	}
 	if firstNonSpace(body) != '{' {
 		return Task{}, invalid("body", "is not a JSON object")
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(body, &fields); err != nil {
-		// The error may quote the content; it is not passed on.
+	if !jsonvalid.Valid(body) {
 		return Task{}, invalid("body", "is not valid JSON")
 	}
-	if err := checkKnownKeys("", fields, fieldVersion, fieldType, fieldMessageID,
-		fieldShareID, fieldContent, fieldMediaURL, fieldOptions, fieldCreatedAt); err != nil {
+	names := [numFields]string{fieldVersion, fieldType, fieldMessageID, fieldShareID,
+		fieldContent, fieldMediaURL, fieldOptions, fieldCreatedAt}
+	var raw [numFields][]byte
+	if err := splitMembers(body, "", names[:], raw[:]); err != nil {
 		return Task{}, err
 	}
 
 	var t Task
-	if err := decodeRequired(fields, fieldVersion, "a number", &t.Version); err != nil {
+	var err error
+	if raw[idxVersion] == nil {
+		return Task{}, invalid(fieldVersion, "is required")
+	}
+	if t.Version, err = decodeInt(raw[idxVersion], fieldVersion, "a number"); err != nil {
 		return Task{}, err
 	}
 	if t.Version != TaskVersion {
 		return Task{}, invalid(fieldVersion, "must be 1; this decoder knows version 1 only")
 	}
-	if err := decodeRequired(fields, fieldType, "a string", &t.Type); err != nil {
+	typ, err := decodeRequiredString(raw[idxType], fieldType)
+	if err != nil {
 		return Task{}, err
 	}
-	if !t.Type.valid() {
+	if t.Type = TaskType(typ); !t.Type.valid() {
 		return Task{}, invalid(fieldType, `must be "summarization", "transcription" or "embedding"`)
 	}
-	if err := decodeRequired(fields, fieldMessageID, "a string", &t.MessageID); err != nil {
+	if t.MessageID, err = decodeRequiredString(raw[idxMessageID], fieldMessageID); err != nil {
 		return Task{}, err
 	}
 	if err := checkMessageID(fieldMessageID, t.MessageID); err != nil {
 		return Task{}, err
 	}
-	if err := decodeRequired(fields, fieldShareID, "a string", &t.ShareID); err != nil {
+	if t.ShareID, err = decodeRequiredString(raw[idxShareID], fieldShareID); err != nil {
 		return Task{}, err
 	}
-	if err := checkShareID(t.ShareID, 0); err != nil {
+	if err := checkShareID(t.ShareID, l.shareIDLimit()); err != nil {
 		return Task{}, err
 	}
 
 	// Exactly one of content and mediaUrl, according to the type.
-	want, other := fieldContent, fieldMediaURL
-	dst := &t.Content
 	if t.Type == TaskTranscription {
-		want, other = fieldMediaURL, fieldContent
-		dst = &t.MediaURL
-	}
-	if _, ok := fields[other]; ok {
-		return Task{}, invalid(other, "is not allowed in a "+string(t.Type)+" task")
-	}
-	if err := decodeRequired(fields, want, "a string", dst); err != nil {
-		return Task{}, err
-	}
-	if t.Type == TaskTranscription {
-		if err := checkMediaURL(t.MediaURL, anyScheme); err != nil {
+		if raw[idxContent] != nil {
+			return Task{}, invalid(fieldContent, "is not allowed in a transcription task")
+		}
+		if t.MediaURL, err = decodeRequiredString(raw[idxMediaURL], fieldMediaURL); err != nil {
 			return Task{}, err
 		}
-	} else if err := checkContent(t.Content, 0); err != nil {
-		return Task{}, err
+		if err := checkMediaURL(t.MediaURL, l.schemeAllowed); err != nil {
+			return Task{}, err
+		}
+	} else {
+		if raw[idxMediaURL] != nil {
+			return Task{}, invalid(fieldMediaURL, "is not allowed in a "+string(t.Type)+" task")
+		}
+		if t.Content, err = decodeRequiredString(raw[idxContent], fieldContent); err != nil {
+			return Task{}, err
+		}
+		if err := checkContent(t.Content, l.contentLimit()); err != nil {
+			return Task{}, err
+		}
 	}
 
-	opts, ok := fields[fieldOptions]
-	if !ok {
+	opts := raw[idxOptions]
+	if opts == nil {
 		return Task{}, invalid(fieldOptions, "is required")
 	}
 	if err := checkOptions(t.Type, opts); err != nil {
 		return Task{}, err
 	}
-	t.Options = opts
+	t.Options = bytes.Clone(opts)
 
-	var created string
-	if err := decodeRequired(fields, fieldCreatedAt, "a string", &created); err != nil {
+	created, err := decodeRequiredString(raw[idxCreatedAt], fieldCreatedAt)
+	if err != nil {
 		return Task{}, err
 	}
 	if !rfc3339Syntax(created) {
@@ -896,119 +1171,204 @@ func DecodeTask(body []byte) (Task, error) {
 // maxFieldName is the longest unknown key repeated in an error.
 const maxFieldName = 64
 
-// checkKnownKeys refuses the first (in sorted order) key of fields that is
-// not in known. prefix is prepended to the key in the error's Field; an
-// empty key is shown as "" and a long one is cut.
-func checkKnownKeys(prefix string, fields map[string]json.RawMessage, known ...string) error {
-	var unknown string
-	found := false
-	for k := range fields {
-		if slices.Contains(known, k) {
-			continue
+// splitMembers puts the value of each member of the JSON object obj (valid
+// JSON) named names[i] in values[i], as a sub-slice of obj. A key that is
+// not in names, or that comes twice, is an error whose Field is prefix and
+// the key. Keys are compared once unescaped, and exactly.
+func splitMembers(obj []byte, prefix string, names []string, values [][]byte) error {
+	for key, value := range jsonvalid.Members(obj) {
+		i := memberIndex(key, names)
+		if i < 0 {
+			return invalid(prefix+shownKey(key), "is not a known field")
 		}
-		if !found || k < unknown {
-			unknown, found = k, true
+		if values[i] != nil {
+			return invalid(prefix+names[i], "appears more than once; JSON parsers disagree on what a repeated key means")
 		}
-	}
-	if found {
-		switch {
-		case unknown == "":
-			unknown = `""`
-		case len(unknown) > maxFieldName:
-			unknown = strings.ToValidUTF8(unknown[:maxFieldName], "") + "..."
-		}
-		return invalid(prefix+unknown, "is not a known field")
+		values[i] = value
 	}
 	return nil
 }
 
-// decodeRequired decodes fields[name] into v. A missing field, null, or a
-// value of another JSON type is an error naming field; want says what the
-// value should be ("a string").
-func decodeRequired(fields map[string]json.RawMessage, name, want string, v any) error {
-	raw, ok := fields[name]
+// memberIndex returns the index in names of the string token key, or -1.
+// A key without escapes is compared without allocating; one with escapes
+// is unquoted only if it is short enough to be one of names.
+func memberIndex(key []byte, names []string) int {
+	name := key[1 : len(key)-1]
+	if bytes.IndexByte(name, '\\') >= 0 {
+		longest := 0
+		for _, n := range names {
+			longest = max(longest, len(n))
+		}
+		if len(name) > len(`\u0000`)*longest { // the longest spelling of an ASCII name
+			return -1
+		}
+		s, ok := jsonvalid.Unquote(key)
+		if !ok {
+			return -1
+		}
+		return slices.Index(names, s)
+	}
+	for i, n := range names {
+		if string(name) == n {
+			return i
+		}
+	}
+	return -1
+}
+
+// shownKey returns an unknown key as an error shows it: unescaped (or as
+// written, if it escapes a lone surrogate or is long), "" shown as `""`, a
+// long one cut.
+func shownKey(key []byte) string {
+	var s string
+	ok := false
+	if len(key) <= 16*maxFieldName {
+		s, ok = jsonvalid.Unquote(key)
+	}
 	if !ok {
-		return invalid(name, "is required")
+		s = string(key[1:min(len(key)-1, 1+maxFieldName+1)])
 	}
-	return decodeValue(raw, name, want, v)
+	switch {
+	case s == "":
+		return `""`
+	case len(s) > maxFieldName:
+		return strings.ToValidUTF8(s[:maxFieldName], "") + "..."
+	}
+	return s
 }
 
-// decodeValue decodes raw into v, refusing null (which encoding/json would
-// skip silently) and values of another type.
-func decodeValue(raw json.RawMessage, field, want string, v any) error {
+// decodeRequiredString decodes the string value raw of the field; raw nil
+// means the field is missing.
+func decodeRequiredString(raw []byte, field string) (string, error) {
+	if raw == nil {
+		return "", invalid(field, "is required")
+	}
+	return decodeString(raw, field)
+}
+
+// decodeString decodes the string value raw of field, refusing null (which
+// encoding/json would skip silently), values of another type, and strings
+// that escape a lone surrogate.
+func decodeString(raw []byte, field string) (string, error) {
 	if string(raw) == "null" {
-		return invalid(field, "must be "+want+", not null")
+		return "", invalid(field, "must be a string, not null")
 	}
-	if err := json.Unmarshal(raw, v); err != nil {
-		return invalid(field, "must be "+want)
+	if raw[0] != '"' {
+		return "", invalid(field, "must be a string")
 	}
-	return nil
+	s, ok := jsonvalid.Unquote(raw)
+	if !ok {
+		return "", invalid(field, `is not valid Unicode: it escapes a lone surrogate (\ud800 to \udfff outside a pair)`)
+	}
+	return s, nil
 }
 
-// checkOptions checks that raw is an options object for task type typ:
-// known keys only, values of the right types and in range.
-func checkOptions(typ TaskType, raw json.RawMessage) error {
-	if firstNonSpace(raw) != '{' {
-		return invalid(fieldOptions, "must be a JSON object")
+// maxIntLen is the length of the longest int64, sign included.
+const maxIntLen = len("-9223372036854775808")
+
+// decodeInt decodes the number raw of field as an int, as encoding/json
+// would: no fraction, no exponent, in range. want says what the value
+// should be ("an integer").
+func decodeInt(raw []byte, field, want string) (int, error) {
+	if string(raw) == "null" {
+		return 0, invalid(field, "must be "+want+", not null")
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
+	if c := raw[0]; c != '-' && (c < '0' || c > '9') || len(raw) > maxIntLen {
+		return 0, invalid(field, "must be "+want)
+	}
+	n, err := strconv.Atoi(string(raw))
+	if err != nil {
+		return 0, invalid(field, "must be "+want)
+	}
+	return n, nil
+}
+
+// decodeBool decodes the boolean raw of field.
+func decodeBool(raw []byte, field string) (bool, error) {
+	switch string(raw) {
+	case "true":
+		return true, nil
+	case "false":
+		return false, nil
+	case "null":
+		return false, invalid(field, "must be a boolean, not null")
+	}
+	return false, invalid(field, "must be a boolean")
+}
+
+// checkOptions checks that raw (valid JSON) is an options object for task
+// type typ: known keys only, each once, values of the right types and in
+// range.
+func checkOptions(typ TaskType, raw []byte) error {
+	if raw[0] != '{' {
 		return invalid(fieldOptions, "must be a JSON object")
 	}
 	const p = "options."
+	var v [3][]byte
+	var err error
 	switch typ {
 	case TaskSummarization:
-		if err := checkKnownKeys(p, fields, "maxLength", "language", "style"); err != nil {
+		names := [...]string{"maxLength", "language", "style"}
+		if err := splitMembers(raw, p, names[:], v[:]); err != nil {
 			return err
 		}
 		var o SummarizationOptions
-		if err := decodeOptional(fields, "maxLength", "an integer", &o.MaxLength); err != nil {
-			return err
+		if v[0] != nil {
+			if o.MaxLength, err = decodeInt(v[0], p+"maxLength", "an integer"); err != nil {
+				return err
+			}
 		}
-		if err := decodeOptional(fields, "language", "a string", &o.Language); err != nil {
-			return err
+		if v[1] != nil {
+			if o.Language, err = decodeString(v[1], p+"language"); err != nil {
+				return err
+			}
 		}
-		if err := decodeOptional(fields, "style", "a string", &o.Style); err != nil {
-			return err
+		if v[2] != nil {
+			if o.Style, err = decodeString(v[2], p+"style"); err != nil {
+				return err
+			}
 		}
 		return checkSummarizationOptions(&o)
 	case TaskTranscription:
-		if err := checkKnownKeys(p, fields, "language", "diarization", "maxSpeakers"); err != nil {
+		names := [...]string{"language", "diarization", "maxSpeakers"}
+		if err := splitMembers(raw, p, names[:], v[:]); err != nil {
 			return err
 		}
 		var o TranscriptionOptions
-		if err := decodeOptional(fields, "language", "a string", &o.Language); err != nil {
-			return err
+		if v[0] != nil {
+			if o.Language, err = decodeString(v[0], p+"language"); err != nil {
+				return err
+			}
 		}
-		if err := decodeOptional(fields, "diarization", "a boolean", &o.Diarization); err != nil {
-			return err
+		if v[1] != nil {
+			if o.Diarization, err = decodeBool(v[1], p+"diarization"); err != nil {
+				return err
+			}
 		}
-		if err := decodeOptional(fields, "maxSpeakers", "an integer", &o.MaxSpeakers); err != nil {
-			return err
+		if v[2] != nil {
+			if o.MaxSpeakers, err = decodeInt(v[2], p+"maxSpeakers", "an integer"); err != nil {
+				return err
+			}
 		}
 		return checkTranscriptionOptions(&o)
 	default: // TaskEmbedding; the caller checked the type.
-		if err := checkKnownKeys(p, fields, "model", "dimensions"); err != nil {
+		names := [...]string{"model", "dimensions"}
+		if err := splitMembers(raw, p, names[:], v[:2]); err != nil {
 			return err
 		}
 		var o EmbeddingOptions
-		if err := decodeOptional(fields, "model", "a string", &o.Model); err != nil {
-			return err
+		if v[0] != nil {
+			if o.Model, err = decodeString(v[0], p+"model"); err != nil {
+				return err
+			}
 		}
-		if err := decodeOptional(fields, "dimensions", "an integer", &o.Dimensions); err != nil {
-			return err
+		if v[1] != nil {
+			if o.Dimensions, err = decodeInt(v[1], p+"dimensions", "an integer"); err != nil {
+				return err
+			}
 		}
 		return checkEmbeddingOptions(&o)
 	}
-}
-
-// decodeOptional decodes the option name from fields into v if present.
-func decodeOptional(fields map[string]json.RawMessage, name, want string, v any) error {
-	raw, ok := fields[name]
-	if !ok {
-		return nil
-	}
-	return decodeValue(raw, "options."+name, want, v)
 }
 
 // rfc3339Syntax reports whether s has the shape

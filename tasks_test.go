@@ -14,6 +14,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/santhosh-tekuri/jsonschema/v6"
+
+	"github.com/mlproducer/mlproducer/internal/jsonvalid"
 )
 
 var update = flag.Bool("update", false, "rewrite the golden files in testdata/golden from the encoder's output")
@@ -22,6 +24,9 @@ const (
 	goldenID   = "01890a5d-ac96-774b-bcce-b302099a8057"
 	schemaPath = "testdata/task.schema.json"
 )
+
+// errOf returns the error of a validator, dropping the body length.
+func errOf(_ int, err error) error { return err }
 
 func goldenTime() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC) }
 
@@ -166,7 +171,7 @@ func TestValidateSummarization(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := l.validateSummarization(tc.shareID, tc.content, tc.opts)
+			_, err := l.validateSummarization(tc.shareID, tc.content, tc.opts)
 			if tc.field == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -225,7 +230,7 @@ func TestValidateTranscription(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := l.validateTranscription(tc.shareID, tc.mediaURL, tc.opts)
+			_, err := l.validateTranscription(tc.shareID, tc.mediaURL, tc.opts)
 			if tc.field == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -270,7 +275,7 @@ func TestValidateEmbedding(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			err := l.validateEmbedding(tc.shareID, tc.content, tc.opts)
+			_, err := l.validateEmbedding(tc.shareID, tc.content, tc.opts)
 			if tc.field == "" {
 				if err != nil {
 					t.Fatalf("unexpected error: %v", err)
@@ -338,34 +343,34 @@ func bigObject(n int) []byte {
 }
 
 func TestTaskLimitsConfigured(t *testing.T) {
-	l := taskLimits{maxShareID: 4, maxContent: 10, maxBody: 16, mediaSchemes: []string{"S3"}}
-	if err := l.validateSummarization("abcd", strings.Repeat("c", 10), nil); err != nil {
+	l := taskLimits{maxShareID: 4, maxContent: 10, maxBody: 10 + 64<<10, mediaSchemes: []string{"S3"}}
+	if _, err := l.validateSummarization("abcd", strings.Repeat("c", 10), nil); err != nil {
 		t.Errorf("at limits: %v", err)
 	}
-	assertInvalid(t, l.validateSummarization("abcde", "c", nil), "shareId")
-	assertInvalid(t, l.validateEmbedding("a", strings.Repeat("c", 11), nil), "content")
-	if err := l.validateTranscription("a", "s3://bucket/k", nil); err != nil {
+	assertInvalid(t, errOf(l.validateSummarization("abcde", "c", nil)), "shareId")
+	assertInvalid(t, errOf(l.validateEmbedding("a", strings.Repeat("c", 11), nil)), "content")
+	if _, err := l.validateTranscription("a", "s3://bucket/k", nil); err != nil {
 		t.Errorf("configured scheme: %v", err)
 	}
-	assertInvalid(t, l.validateTranscription("a", "https://host/k", nil), "mediaUrl")
-	if err := l.validateMessage(&Message{Type: TaskEmbedding, Body: bigObject(16)}); err != nil {
+	assertInvalid(t, errOf(l.validateTranscription("a", "https://host/k", nil)), "mediaUrl")
+	if err := l.validateMessage(&Message{Type: TaskEmbedding, Body: bigObject(10 + 64<<10)}); err != nil {
 		t.Errorf("body at limit: %v", err)
 	}
-	assertInvalid(t, l.validateMessage(&Message{Type: TaskEmbedding, Body: bigObject(17)}), "body")
+	assertInvalid(t, l.validateMessage(&Message{Type: TaskEmbedding, Body: bigObject(10 + 64<<10 + 1)}), "body")
 
 	// Zero limits mean the defaults.
 	var zero taskLimits
-	if err := zero.validateSummarization(strings.Repeat("s", 256), strings.Repeat("c", 1<<20), nil); err != nil {
+	if _, err := zero.validateSummarization(strings.Repeat("s", 256), strings.Repeat("c", 1<<20), nil); err != nil {
 		t.Errorf("zero limits at default limits: %v", err)
 	}
-	assertInvalid(t, zero.validateSummarization(strings.Repeat("s", 257), "c", nil), "shareId")
-	assertInvalid(t, zero.validateSummarization("s", strings.Repeat("c", 1<<20+1), nil), "content")
+	assertInvalid(t, errOf(zero.validateSummarization(strings.Repeat("s", 257), "c", nil)), "shareId")
+	assertInvalid(t, errOf(zero.validateSummarization("s", strings.Repeat("c", 1<<20+1), nil)), "content")
 	for _, u := range []string{"https://h/a", "http://h/a", "s3://b/k", "GS://b/k"} {
-		if err := zero.validateTranscription("s", u, nil); err != nil {
+		if _, err := zero.validateTranscription("s", u, nil); err != nil {
 			t.Errorf("zero limits, %s: %v", u, err)
 		}
 	}
-	assertInvalid(t, zero.validateTranscription("s", "ftp://h/a", nil), "mediaUrl")
+	assertInvalid(t, errOf(zero.validateTranscription("s", "ftp://h/a", nil)), "mediaUrl")
 	assertInvalid(t, zero.validateMessage(&Message{Type: TaskEmbedding, Body: bigObject(1<<20 + 64<<10 + 1)}), "body")
 }
 
@@ -413,8 +418,9 @@ func goldenCases() []goldenCase {
 	}
 }
 
-// validate runs the validator of the case's type with the default limits.
-func (g *goldenCase) validate() error {
+// validate runs the validator of the case's type with the default limits
+// and returns the body length it predicts for a generated message id.
+func (g *goldenCase) validate() (int, error) {
 	l := defaultTaskLimits()
 	switch g.typ {
 	case TaskSummarization:
@@ -423,6 +429,20 @@ func (g *goldenCase) validate() error {
 		return l.validateTranscription(g.shareID, g.text, g.trans)
 	default:
 		return l.validateEmbedding(g.shareID, g.text, g.emb)
+	}
+}
+
+// bodyLen returns the length the *BodyLen functions predict for the case's
+// body with message id id.
+func (g *goldenCase) bodyLen(id string) int {
+	idLen, sidLen, textLen := jsonStringLen(id), jsonStringLen(g.shareID), jsonStringLen(g.text)
+	switch g.typ {
+	case TaskSummarization:
+		return summarizationBodyLen(idLen, sidLen, textLen, g.sum)
+	case TaskTranscription:
+		return transcriptionBodyLen(idLen, sidLen, textLen, g.trans)
+	default:
+		return embeddingBodyLen(idLen, sidLen, textLen, g.emb)
 	}
 }
 
@@ -498,7 +518,7 @@ func decodeStrict(t testing.TB, raw []byte, v any) {
 func TestGolden(t *testing.T) {
 	for _, g := range goldenCases() {
 		t.Run(g.file, func(t *testing.T) {
-			if err := g.validate(); err != nil {
+			if _, err := g.validate(); err != nil {
 				t.Fatalf("golden input refused: %v", err)
 			}
 			got := g.encode(nil, goldenID, goldenTime())
@@ -609,7 +629,8 @@ func TestDecodeTaskAndSchema(t *testing.T) {
 		{"summarization", sum, "", true},
 		{"transcription", trans, "", true},
 		{"embedding", emb, "", true},
-		{"any scheme", withField(t, trans, "mediaUrl", `"ftp://host/a.mp3"`), "", true},
+		{"https scheme", withField(t, trans, "mediaUrl", `"HTTPS://host/a.mp3"`), "", true},
+		{"s3 scheme", withField(t, trans, "mediaUrl", `"s3://bucket/a.mp3"`), "", true},
 		{"offset time", withField(t, sum, "createdAt", `"2026-01-02T04:04:05+01:00"`), "", true},
 		{"no fraction", withField(t, sum, "createdAt", `"2026-01-02T03:04:05Z"`), "", true},
 		{"zero options", withField(t, sum, "options", `{"maxLength":0,"language":"","style":""}`), "", true},
@@ -647,6 +668,9 @@ func TestDecodeTaskAndSchema(t *testing.T) {
 		{"relative media", withField(t, trans, "mediaUrl", `"a.mp3"`), "mediaUrl", true},
 		{"media credentials", withField(t, trans, "mediaUrl", `"https://u:p@h/a"`), "mediaUrl", true},
 		{"media no host", withField(t, trans, "mediaUrl", `"https:///a"`), "mediaUrl", true},
+		// The schema leaves the scheme to the producer's list; DecodeTask
+		// applies the default list unless given WithMediaURLSchemes.
+		{"ftp scheme", withField(t, trans, "mediaUrl", `"ftp://host/a.mp3"`), "mediaUrl", false},
 		{"no options", withField(t, sum, "options", "-"), "options", true},
 		{"options null", withField(t, sum, "options", `null`), "options", true},
 		{"options array", withField(t, sum, "options", `[]`), "options", true},
@@ -857,6 +881,14 @@ func TestAppendJSONString(t *testing.T) {
 		if got, std := appendJSONString(nil, s), jsonMarshalString(t, s); !bytes.Equal(got, std) {
 			t.Errorf("byte %#x: %s, encoding/json %s", b, got, std)
 		}
+		// At every offset of the 8-byte fast path, jsonStringLen counts
+		// what appendJSONString writes.
+		for pos := range 17 {
+			s := strings.Repeat("a", pos) + string(rune(b)) + string([]byte{byte(b)}) + strings.Repeat("z", 16-pos)
+			if n, want := jsonStringLen(s), len(appendJSONString(nil, s)); n != want {
+				t.Errorf("jsonStringLen(%q) = %d, want %d", s, n, want)
+			}
+		}
 	}
 	for r := rune(0x2000); r < 0x2100; r++ {
 		s := string(r)
@@ -877,6 +909,9 @@ func FuzzAppendJSONString(f *testing.F) {
 		got := appendJSONString(nil, s)
 		if std := jsonMarshalString(t, s); !bytes.Equal(got, std) {
 			t.Fatalf("appendJSONString(%q) = %s, encoding/json writes %s", s, got, std)
+		}
+		if n := jsonStringLen(s); n != len(got) {
+			t.Fatalf("jsonStringLen(%q) = %d, want %d", s, n, len(got))
 		}
 		var back string
 		if err := json.Unmarshal(got, &back); err != nil {
@@ -918,16 +953,25 @@ func FuzzEncodeBody(f *testing.F) {
 	sch := compileSchema(f)
 	f.Fuzz(func(t *testing.T, kind uint8, shareID, text, s1, s2 string, n int, flag bool, nanos int64) {
 		g := fuzzCase(kind, shareID, text, s1, s2, n, flag)
-		if err := g.validate(); err != nil {
+		size, err := g.validate()
+		if err != nil {
 			checkWellFormed(t, err)
 			return
 		}
 		created := time.Unix(0, nanos)
+		// The validator's capacity is at least the body's length without
+		// escapes.
+		if body := g.encode(nil, goldenID, created); size < len(body)-(jsonStringLen(g.text)-len(g.text)-2) {
+			t.Fatalf("validator's capacity %d, for a body of %d bytes: %s", size, len(body), body)
+		}
 		id := goldenID
 		if kind >= 128 && visibleASCII(s2) && s2 != "" && len(s2) <= 128 {
 			id = s2
 		}
 		body := g.encode(nil, id, created)
+		if want := g.bodyLen(id); len(body) != want {
+			t.Fatalf("body length %d, predicted %d: %s", len(body), want, body)
+		}
 		if !json.Valid(body) {
 			t.Fatalf("invalid JSON: %s", body)
 		}
@@ -948,9 +992,14 @@ func FuzzEncodeBody(f *testing.F) {
 }
 
 // FuzzValidate feeds arbitrary input to every validator and to DecodeTask:
-// none panics, every error is a well-formed *InvalidTaskError, a body that
-// DecodeTask accepts is accepted by the schema too, and re-encoding the
-// decoded task gives a body that decodes to the same task.
+// none panics, every error is a well-formed *InvalidTaskError, and a body
+// that DecodeTask accepts is one the producer could have sent: the schema
+// accepts it, encoding/json reads it with no key repeated, the producer's
+// validators (with the same, default, limits) accept its fields, and
+// re-encoding the decoded task, with the producer's encoder or with
+// encoding/json, gives a body that decodes to the same task. (This covers
+// the security review's FuzzSecDecodeTask, whose seeds are in
+// testdata/fuzz/FuzzValidate.)
 func FuzzValidate(f *testing.F) {
 	f.Add("share-1", "text", "en", "bullets", 10, true, goldenID, []byte(`{"version":1}`))
 	f.Add("", "", "", "", 0, false, "", []byte(nil))
@@ -962,9 +1011,9 @@ func FuzzValidate(f *testing.F) {
 	sch := compileSchema(f)
 	l := defaultTaskLimits()
 	f.Fuzz(func(t *testing.T, shareID, text, s1, s2 string, n int, flag bool, id string, body []byte) {
-		checkWellFormed(t, l.validateSummarization(shareID, text, &SummarizationOptions{MaxLength: n, Language: s1, Style: s2}))
-		checkWellFormed(t, l.validateTranscription(shareID, text, &TranscriptionOptions{Language: s1, Diarization: flag, MaxSpeakers: n}))
-		checkWellFormed(t, l.validateEmbedding(shareID, text, &EmbeddingOptions{Model: s1, Dimensions: n}))
+		checkWellFormed(t, errOf(l.validateSummarization(shareID, text, &SummarizationOptions{MaxLength: n, Language: s1, Style: s2})))
+		checkWellFormed(t, errOf(l.validateTranscription(shareID, text, &TranscriptionOptions{Language: s1, Diarization: flag, MaxSpeakers: n})))
+		checkWellFormed(t, errOf(l.validateEmbedding(shareID, text, &EmbeddingOptions{Model: s1, Dimensions: n})))
 		checkWellFormed(t, l.validateMessage(&Message{Type: TaskType(s2), ID: id, Body: body}))
 
 		task, err := DecodeTask(body)
@@ -975,8 +1024,50 @@ func FuzzValidate(f *testing.F) {
 		if err := schemaValidate(sch, body); err != nil {
 			t.Fatalf("DecodeTask accepts %s but the schema refuses it: %v", body, err)
 		}
-		if err := l.validateMessage(&Message{Type: task.Type, ID: task.MessageID, Body: body}); err != nil && len(body) <= l.maxBody {
+		if err := l.validateMessage(&Message{Type: task.Type, ID: task.MessageID, Body: body}); err != nil {
 			t.Fatalf("validateMessage refuses a body DecodeTask accepts: %v", err)
+		}
+		var keys map[string]json.RawMessage
+		if err := json.Unmarshal(body, &keys); err != nil {
+			t.Fatalf("encoding/json refuses %s: %v", body, err)
+		}
+		members := 0
+		for range jsonvalid.Members(body) {
+			members++
+		}
+		if members != len(keys) {
+			t.Fatalf("DecodeTask accepts a repeated key: %s", body)
+		}
+		// The producer's validators accept the decoded fields.
+		var verr error
+		switch task.Type {
+		case TaskSummarization:
+			var o SummarizationOptions
+			decodeStrict(t, task.Options, &o)
+			verr = errOf(l.validateSummarization(task.ShareID, task.Content, &o))
+		case TaskTranscription:
+			var o TranscriptionOptions
+			decodeStrict(t, task.Options, &o)
+			verr = errOf(l.validateTranscription(task.ShareID, task.MediaURL, &o))
+		default:
+			var o EmbeddingOptions
+			decodeStrict(t, task.Options, &o)
+			verr = errOf(l.validateEmbedding(task.ShareID, task.Content, &o))
+		}
+		// A body over the limit was refused, so its fields fit too.
+		if verr != nil {
+			t.Fatalf("DecodeTask accepts what the producer refuses: %v; body %q", verr, body)
+		}
+		// encoding/json's form of the task decodes to the same task.
+		plain, err := json.Marshal(task)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if t2, err := DecodeTask(plain); err != nil {
+			t.Fatalf("encoding/json's %s refused: %v", plain, err)
+		} else if t2.ShareID != task.ShareID || t2.Content != task.Content || t2.MediaURL != task.MediaURL ||
+			!t2.CreatedAt.Equal(task.CreatedAt) || t2.MessageID != task.MessageID || t2.Type != task.Type {
+			t.Fatalf("round trip through encoding/json changed the task: %+v vs %+v", task, t2)
 		}
 		// Re-encode and decode again.
 		g := goldenCase{typ: task.Type, shareID: task.ShareID, text: task.Content}
@@ -1015,8 +1106,14 @@ func BenchmarkAppendSummarizationBody(b *testing.B) {
 	b.Run("new", func(b *testing.B) {
 		b.ReportAllocs()
 		b.SetBytes(int64(len(content)))
+		// As the typed methods do: the validator gives the exact size.
+		l := defaultTaskLimits()
+		size, err := l.validateSummarization("share-123", content, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
 		for b.Loop() {
-			_ = appendSummarizationBody(nil, goldenID, created, "share-123", content, opts)
+			_ = appendSummarizationBody(make([]byte, 0, size), goldenID, created, "share-123", content, opts)
 		}
 	})
 	// encoding/json on an equivalent struct, for comparison.
@@ -1044,7 +1141,7 @@ func BenchmarkValidateSummarization(b *testing.B) {
 	l := defaultTaskLimits()
 	b.ReportAllocs()
 	for b.Loop() {
-		if err := l.validateSummarization("share-123", content, opts); err != nil {
+		if _, err := l.validateSummarization("share-123", content, opts); err != nil {
 			b.Fatal(err)
 		}
 	}

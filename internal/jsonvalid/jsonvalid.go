@@ -14,7 +14,12 @@
 // Unlike encoding/json's scanner, which calls a function pointer per byte,
 // this package uses a non-recursive parser with a tight loop for string
 // contents that checks 8 bytes at a time, and it does not allocate unless
-// the input nests deeper than 64 levels.
+// the input nests deeper than 128 levels (and then one bit per level).
+//
+// For input it has validated, [Members] walks an object's members without
+// copying them, and [Unquote] decodes a string token: together they read a
+// small object without encoding/json's maps and copies, and see what
+// encoding/json hides (duplicate keys, escaped lone surrogates).
 package jsonvalid
 
 import (
@@ -58,10 +63,14 @@ func scan(b []byte) (first byte, ok bool) {
 	}
 	first = b[i]
 
-	// stack holds the closing byte ('}' or ']') of each open container,
-	// innermost last. The fixed array keeps typical inputs allocation-free.
-	var fixed [64]byte
-	stack := fixed[:0]
+	// stack has one bit per open container, set for an object and clear
+	// for an array: bit d%64 of word d/64 for the container at depth d
+	// (the outermost at depth 0); depth counts them. The fixed array keeps
+	// inputs up to 128 levels deep allocation-free, and the deepest valid
+	// input needs 157 words.
+	var fixed [2]uint64
+	stack := fixed[:]
+	depth := 0
 
 	for {
 		// A value must start at i (after optional whitespace).
@@ -77,7 +86,7 @@ func scan(b []byte) (first byte, ok bool) {
 		case '{', '[':
 			// encoding/json counts the container before looking inside,
 			// so an empty one still counts toward the depth limit.
-			if len(stack) >= maxDepth {
+			if depth >= maxDepth {
 				return first, false
 			}
 			closer := byte('}')
@@ -89,7 +98,15 @@ func scan(b []byte) (first byte, ok bool) {
 				i++ // empty container: it is a complete value
 				break
 			}
-			stack = append(stack, closer)
+			if depth/64 == len(stack) {
+				stack = append(stack, 0)
+			}
+			if c == '{' {
+				stack[depth/64] |= 1 << (depth % 64)
+			} else {
+				stack[depth/64] &^= 1 << (depth % 64)
+			}
+			depth++
 			if c == '{' {
 				if i, ok = scanKey(b, i); !ok {
 					return first, false
@@ -121,13 +138,16 @@ func scan(b []byte) (first byte, ok bool) {
 		// another value follows.
 		for {
 			i = skipSpace(b, i)
-			if len(stack) == 0 {
+			if depth == 0 {
 				return first, i == n // only whitespace may follow the top value
 			}
 			if i >= n {
 				return first, false
 			}
-			closer := stack[len(stack)-1]
+			closer := byte(']')
+			if top := depth - 1; stack[top/64]&(1<<(top%64)) != 0 {
+				closer = '}'
+			}
 			if b[i] == ',' {
 				if closer == '}' {
 					if i, ok = scanKey(b, i+1); !ok {
@@ -141,7 +161,7 @@ func scan(b []byte) (first byte, ok bool) {
 			if b[i] != closer {
 				return first, false
 			}
-			stack = stack[:len(stack)-1]
+			depth--
 			i++
 		}
 	}

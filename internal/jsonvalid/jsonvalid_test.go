@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"math/bits"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -237,7 +238,7 @@ func TestStopBytes(t *testing.T) {
 }
 
 func TestDepth(t *testing.T) {
-	for _, depth := range []int{1, 63, 64, 65, 1000, maxDepth - 1, maxDepth, maxDepth + 1, 2 * maxDepth} {
+	for _, depth := range []int{1, 63, 64, 65, 127, 128, 129, 1000, maxDepth - 1, maxDepth, maxDepth + 1, 2 * maxDepth} {
 		for _, in := range [][]byte{
 			nest("[", "]", "", depth),
 			nest("[", "]", "1", depth),
@@ -264,7 +265,7 @@ func TestAllocs(t *testing.T) {
 		"1KiB":     body(1024),
 		"16KiB":    body(16 << 10),
 		"array":    array(16 << 10),
-		"depth64":  nest(`{"a":[`, "]}", "1", 32),
+		"depth128": nest(`{"a":[`, "]}", "1", 64),
 		"invalid":  []byte(`{"a":[1,2,`),
 		"garbage":  []byte("\xff\xfe"),
 		"escapes":  []byte(`"\u00e9\n\t\"\\"`),
@@ -275,6 +276,21 @@ func TestAllocs(t *testing.T) {
 		if n := testing.AllocsPerRun(100, func() { Valid(in); Object(in) }); n != 0 {
 			t.Errorf("%s: %v allocations per run, want 0", name, n)
 		}
+	}
+	// Deeper, one bit per level: the deepest valid input (20 KB) needs
+	// 157 words, in a few allocations as the stack grows.
+	deep := nest("[", "]", "", maxDepth)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	const runs = 10
+	for range runs {
+		if !Valid(deep) {
+			t.Fatal("deepest valid input refused")
+		}
+	}
+	runtime.ReadMemStats(&after)
+	if perRun := (after.TotalAlloc - before.TotalAlloc) / runs; perRun > 4096 {
+		t.Errorf("depth %d: %d bytes allocated per run, want at most 4096", maxDepth, perRun)
 	}
 }
 
