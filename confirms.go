@@ -645,7 +645,14 @@ func (s *session) teardown() {
 
 	s.stopF()
 	if s.conn != nil {
-		s.conn.Close()
+		dc, ok := s.conn.(transport.DeadlineCloser)
+		if by := s.p.closeBy.Load(); ok && by != 0 {
+			// Close is running out of time: the broker's answer to
+			// connection.close is not worth overrunning its ctx.
+			dc.CloseDeadline(time.Unix(0, by))
+		} else {
+			s.conn.Close()
+		}
 	}
 	s.wg.Wait()
 	s.cbs.Wait()

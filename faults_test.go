@@ -281,6 +281,37 @@ func TestFaultsBlackHoleDetectedWithinTwoHeartbeats(t *testing.T) {
 	checkDelivered(t, p, brokerURL, queue, ids, &dl)
 }
 
+// Close on a black-holed connection returns by its ctx: the
+// connection.close handshake nobody will answer gets what is left of Close's
+// deadline, not its usual two seconds, and the unconfirmed message goes to
+// the dead-letter hook. The bound leaves a second of slack for a loaded
+// machine; the old behaviour took the ctx plus two seconds.
+func TestFaultsCloseOnABlackHoleReturnsByItsDeadline(t *testing.T) {
+	brokerURL := rabbittest.Require(t)
+	exchange, _ := privateTopology(t, brokerURL)
+	proxy := faults.StartT(t, brokerHostPort(t, brokerURL))
+	var dl deadLetters
+	p := faultProducer(t, proxy.URL(brokerURL), exchange, &dl,
+		mlproducer.WithHeartbeat(time.Minute), mlproducer.WithHealthCheckInterval(time.Minute))
+	waitConnected(t, p)
+	require.NoError(t, proxy.BlackHole())
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err := p.PublishSummarization(ctx, "s", "text sent into a black hole", mlproducer.SummarizationOptions{})
+	cancel()
+	require.NoError(t, err)
+
+	const deadline = 200 * time.Millisecond
+	start := time.Now()
+	ctx, cancel = context.WithTimeout(context.Background(), deadline)
+	defer cancel()
+	err = p.Close(ctx)
+	took := time.Since(start)
+	t.Logf("Close(%v) on a black hole took %v: %v", deadline, took.Round(time.Millisecond), err)
+	assert.Less(t, took, deadline+time.Second, "Close overran its ctx waiting for the broker")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Len(t, dl.all(), 1, "the unconfirmed message is dead-lettered")
+}
+
 // Connections cut with a TCP RST while publishing: the Producer reconnects
 // each time and loses nothing.
 func TestFaultsResetsLoseNothing(t *testing.T) {

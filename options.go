@@ -368,8 +368,10 @@ func WithDialer(d transport.Dialer) Option { return func(c *config) { c.dialer =
 
 // WithDeadLetter sets the function that receives each message the Producer
 // gave up on. It is called from one goroutine at a time, must not block for
-// long, and must not call the Producer. Default: none (dead letters are still
-// logged and counted).
+// long, and must not call the Producer: the messages left at Close are handed
+// to it on Close's goroutine after ctx ended, so a slow hook delays Close by
+// its own time. A panic in it is logged and the message still counts as
+// dead-lettered. Default: none (dead letters are still logged and counted).
 func WithDeadLetter(f func(DeadLetter)) Option { return func(c *config) { c.deadLetter = f } }
 
 // WithRegisterer registers the Producer's Prometheus metrics on r when [New]

@@ -134,6 +134,7 @@ type Producer struct {
 	held      atomic.Int64 // messages accepted and not yet final
 	heldBytes atomic.Int64 // their bodies' size
 	closing   atomic.Bool
+	closeBy   atomic.Int64    // unix nanos by which Close must be done; 0 none
 	stopCtx   context.Context // done when Close stops the goroutines
 	stopAll   context.CancelFunc
 	drained   chan struct{}
@@ -483,6 +484,11 @@ drain:
 			cause = ctx.Err()
 			break drain
 		}
+	}
+	if dl, ok := ctx.Deadline(); ok && cause == nil {
+		p.closeBy.Store(dl.UnixNano())
+	} else if cause != nil {
+		p.closeBy.Store(time.Now().UnixNano())
 	}
 	close(p.stop)
 	p.stopAll()

@@ -262,10 +262,17 @@ func (c *amqpConn) Channel() (Channel, error) {
 	return &amqpChannel{ch: ch, raw: c.raw, confirmBuffer: c.confirmBuffer}, nil
 }
 
-func (c *amqpConn) Close() error {
+func (c *amqpConn) Close() error { return c.CloseDeadline(time.Now().Add(closeTimeout)) }
+
+// CloseDeadline implements [DeadlineCloser]: the connection.close handshake
+// gets until deadline, at most the usual two seconds.
+func (c *amqpConn) CloseDeadline(deadline time.Time) error {
+	if limit := time.Now().Add(closeTimeout); deadline.After(limit) {
+		deadline = limit
+	}
 	var err error
 	c.closeOnce.Do(func() {
-		err = c.c.CloseDeadline(time.Now().Add(closeTimeout))
+		err = c.c.CloseDeadline(deadline)
 		if c.raw != nil {
 			c.raw.Close()
 		}

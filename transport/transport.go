@@ -59,6 +59,14 @@ type Conn interface {
 	Close() error
 }
 
+// DeadlineCloser is implemented by a [Conn] whose Close can be bounded: the
+// closing handshake gets until deadline (the default implementation gives it
+// two seconds at most), then the socket is closed. The Producer uses it so
+// that Close returns by its ctx even when the broker does not answer.
+type DeadlineCloser interface {
+	CloseDeadline(deadline time.Time) error
+}
+
 // Channel is one AMQP channel.
 type Channel interface {
 	// ExchangeDeclare declares an exchange of the given kind.
