@@ -275,20 +275,24 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 		p.metrics.count(typ, outContextDone)
 		return nil, err
 	}
+	if p.closing.Load() {
+		p.metrics.count(typ, outClosed)
+		return nil, ErrClosed
+	}
+	// The breaker first: a refusal then costs no lock.
+	done, err := p.breaker.allow()
+	if err != nil {
+		p.metrics.count(typ, outCircuitOpen)
+		return nil, err
+	}
 	p.admit.RLock()
 	if p.closing.Load() {
 		p.admit.RUnlock()
+		done(errNotSent)
 		p.metrics.count(typ, outClosed)
 		return nil, ErrClosed
 	}
 	p.owned.Add(1)
-	done, err := p.breaker.allow()
-	if err != nil {
-		p.admit.RUnlock()
-		p.disown()
-		p.metrics.count(typ, outCircuitOpen)
-		return nil, err
-	}
 	return done, nil
 }
 
