@@ -50,6 +50,7 @@ type simWrite struct {
 	returned   bool // Publish returned nil: the broker received it
 	returnedAt time.Time
 	acked      bool
+	ackedAt    time.Time
 	nacked     bool
 	bounced    bool // basic.return
 }
@@ -148,6 +149,9 @@ func (ch *simChannel) Confirm(ev transport.ChannelEvents) error {
 			for tag, w := range ch.byTag {
 				if tag == c.DeliveryTag || c.Multiple && tag < c.DeliveryTag {
 					w.acked, w.nacked = c.Ack, !c.Ack
+					if c.Ack {
+						w.ackedAt = time.Now()
+					}
 					delete(ch.byTag, tag)
 				}
 			}

@@ -9,14 +9,18 @@ package mlproducer_test
 //
 // Every fault is the fake broker's own (package mlproducertest); simNet
 // (sim_net_test.go) only observes, per publish call, what the fake does not
-// report. Besides the faults at random moments, a schedule may be of one of
-// three kinds: a poison schedule (the broker has a maximum message size and
-// publishers now and then send a body over it: 406, channel closed), a
-// NoDeclare schedule (the Producer declares nothing and the exchange is
-// missing until an operator declares it, if ever: 404 on every publish, so
-// every session dies young), and a Close race (publishers in a tight loop,
-// with no connection, while Close is called with an expired or very short
-// ctx: a publish admitted just before Close must still be accounted for).
+// report. Besides the faults at random moments, a schedule may have any of
+// these traits: poison (the broker has a maximum message size and
+// publishers now and then send a body over it: 406, channel closed);
+// NoDeclare (the Producer declares nothing and the exchange is missing
+// until an operator declares it, if ever: 404 on every publish, so every
+// session dies young); a Close race (publishers in a tight loop, with no
+// connection and Status polled in a tight loop, while Close is called with
+// an expired or very short ctx: a publish admitted just before Close must
+// still be accounted for); shared caller ids with returns and late acks
+// from the start (a return must be matched to its exact attempt); slow
+// retries, often with confirms held from the start (admission must count
+// the messages waiting for their retry).
 //
 // Determinism: the seed decides the configuration, the number of
 // publishers, every publisher's calls, deadlines, cancellations and sleeps
@@ -26,9 +30,10 @@ package mlproducer_test
 // fake instant, the jitter of the Producer's backoffs (cenkalti/backoff
 // draws from math/rand's global source), the fake broker's own draws for
 // SetFaults (one generator shared by every write, so their order follows the
-// interleaving) and UUIDv7 message ids. A replay therefore runs the same
-// scenario; a violation that depends on a race may need a few replays, or
-// -count.
+// interleaving), UUIDv7 message ids, and in a Close race how many calls
+// the racers make and where each is when Close runs (that is the point of
+// it). A replay therefore runs the same scenario; a violation that depends
+// on a race may need a few replays, or -count.
 
 import (
 	"context"
@@ -38,6 +43,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -101,13 +107,16 @@ type simConfig struct {
 	faultGap                       time.Duration // mean gap between faults
 	pubGap                         time.Duration // mean gap between a publisher's calls
 
-	maxMessageSize int  // the broker's limit (0: none); a poison schedule
-	poisonEvery    int  // a publisher sends a body over it one call in poisonEvery
-	noDeclare      bool // WithTopology(NoDeclare); the exchange starts missing
-	closeRace      bool // publishers in a tight loop around Close
-	racers         int  // goroutines of the tight loop
-	raceCalls      int  // calls they make before Close is called
-	raceNoConn     bool // the race runs with dials refused, connections dropped
+	maxMessageSize int     // the broker's limit (0: none); a poison schedule
+	poisonEvery    int     // a publisher sends a body over it one call in poisonEvery
+	noDeclare      bool    // WithTopology(NoDeclare); the exchange starts missing
+	closeRace      bool    // publishers in a tight loop around Close
+	racers         int     // goroutines of the tight loop
+	raceCalls      int     // calls they make before Close is called
+	raceNoConn     bool    // the race runs with dials refused, connections dropped
+	dupShare       float64 // share of calls that reuse one of two caller ids
+	holdAtStart    bool    // HoldConfirms(true) from the start
+	startFaults    mlproducertest.Faults
 }
 
 func newSimConfig(rng *rand.Rand) simConfig {
@@ -153,15 +162,38 @@ func newSimConfig(rng *rand.Rand) simConfig {
 		c.maxMessageSize = 1024
 		c.poisonEvery = 5 + rng.IntN(40)
 	}
+	if rng.IntN(3) == 0 {
+		// Many calls share two caller ids, and some messages come back
+		// unroutable with their acks late: a return must be matched to
+		// the exact attempt it belongs to.
+		c.dupShare = 0.5
+		c.startFaults = mlproducertest.Faults{
+			ReturnRate:   0.05 + 0.2*rng.Float64(),
+			ConfirmDelay: time.Duration(rng.Int64N(int64(2 * c.confirmTimeout))),
+			Seed:         rng.Int64(),
+		}
+	}
+	if rng.IntN(3) == 0 {
+		// Slow retries: a failed message waits in the retry queue while
+		// new publishes take the in-flight slots it left, and time out in
+		// turn when the broker does not confirm (often from the start
+		// here). Admission must count it.
+		c.retryInitial = dur(200*time.Millisecond, time.Second)
+		c.retryMax = c.retryInitial * time.Duration(1+rng.IntN(4))
+		c.holdAtStart = rng.IntN(2) == 0
+	}
 	if rng.IntN(8) == 0 && !simLeftOut("nodeclare") {
 		c.noDeclare = true
 	}
-	if rng.IntN(4) == 0 && !simLeftOut("closerace") {
+	if rng.IntN(3) == 0 && !simLeftOut("closerace") {
 		c.closeRace = true
 		c.racers = 3 + rng.IntN(10)
-		c.raceCalls = 100 + rng.IntN(2000)
+		// Few: Close then has few messages to hand to the hook, and a
+		// publish caught between admission and hand-off is more often
+		// still there when Close has looked.
+		c.raceCalls = 5 + rng.IntN(100)
 		c.raceNoConn = rng.IntN(4) > 0
-		if rng.IntN(2) == 0 {
+		if rng.IntN(3) > 0 {
 			c.closeTimeout = -1
 		} else {
 			c.closeTimeout = dur(0, 2*time.Millisecond)
@@ -190,6 +222,13 @@ func (c simConfig) String() string {
 	if c.closeRace {
 		s += fmt.Sprintf("; Close race: %d racers, %d calls, no connection %v", c.racers, c.raceCalls, c.raceNoConn)
 	}
+	if c.holdAtStart {
+		s += "; confirms held from the start"
+	}
+	if c.dupShare > 0 {
+		s += fmt.Sprintf("; %.0f%% of calls share two caller ids; from the start returns %.2f, confirm delay %v",
+			100*c.dupShare, c.startFaults.ReturnRate, c.startFaults.ConfirmDelay)
+	}
 	return s
 }
 
@@ -211,7 +250,8 @@ type simCall struct {
 
 // simDead is one call of the dead-letter hook.
 type simDead struct {
-	k        int
+	k        int // from body, filled in by check
+	body     []byte
 	id       string
 	seq      uint64
 	at       time.Time
@@ -346,6 +386,7 @@ type simState struct {
 	res   *simResult
 
 	closeCalled atomic.Bool
+	stopPolls   atomic.Bool // Close race: the Status pollers stop
 	lifted      atomic.Bool // the watchdog lifted the faults: add no more
 	closeDone   chan struct{}
 	maxRetryQ   atomic.Int64
@@ -391,6 +432,8 @@ func simulate(seed uint64, res *simResult) {
 	s.b = mlproducertest.NewBroker()
 	defer s.b.Close()
 	s.b.SetMaxMessageSize(cfg.maxMessageSize)
+	s.b.HoldConfirms(cfg.holdAtStart)
+	s.b.SetFaults(cfg.startFaults)
 	s.net = newSimNet(s.b)
 	topo := mlproducer.Topology{NoDeclare: cfg.noDeclare}
 	p, err := mlproducer.New(
@@ -407,7 +450,10 @@ func simulate(seed uint64, res *simResult) {
 		mlproducer.WithCircuitBreaker(cfg.breakerThreshold, cfg.breakerCooldown),
 		mlproducer.WithHeartbeat(0),
 		mlproducer.WithDeadLetter(func(dl mlproducer.DeadLetter) {
-			d := simDead{k: tokenOf(dl.Message.Body), id: dl.Message.ID, seq: s.net.seq.Add(1), at: time.Now(), attempts: dl.Attempts, err: dl.Err}
+			// Kept cheap (the token is read later): Close calls the hook
+			// for each message left, and a slow hook would narrow the
+			// window the Close race hunts in.
+			d := simDead{body: dl.Message.Body, id: dl.Message.ID, seq: s.net.seq.Add(1), at: time.Now(), attempts: dl.Attempts, err: dl.Err}
 			s.deadMu.Lock()
 			s.dead = append(s.dead, d)
 			s.deadMu.Unlock()
@@ -479,8 +525,26 @@ func simulate(seed uint64, res *simResult) {
 			racers.Add(1)
 			go func() {
 				defer racers.Done()
-				racing[i] = s.racer(cfg.publishers+i, rand.New(rand.NewPCG(seed, uint64(cfg.publishers+i)+1)), &made, ready)
+				racing[i] = s.racer(cfg.publishers+i, &made, ready)
 			}()
+		}
+		if cfg.raceNoConn {
+			// Monitoring that polls Status (which takes the retry queue's
+			// lock) in a tight loop, as a readiness probe might: a racer
+			// between admission and hand-off then often waits for that
+			// lock while Close looks at the queue. They poll while
+			// nothing needs fake time to pass: until Close has returned
+			// when its ctx has already expired, else until a racer sees
+			// ErrClosed.
+			for range 2 {
+				racers.Add(1)
+				go func() {
+					defer racers.Done()
+					for !s.stopPolls.Load() {
+						s.p.Status()
+					}
+				}()
+			}
 		}
 		<-ready
 		s.logf("Close race: %d calls made by %d racers", made.Load(), cfg.racers)
@@ -500,6 +564,7 @@ func simulate(seed uint64, res *simResult) {
 	closeStart := time.Now()
 	closeErr := p.Close(ctx)
 	closeEnd := time.Now()
+	s.stopPolls.Store(true)
 	cancel()
 	close(s.closeDone)
 	<-watchdogDone
@@ -589,17 +654,27 @@ func (s *simState) publisher(i int, rng *rand.Rand) []*simCall {
 }
 
 // racer makes calls with no pause until one fails with ErrClosed; it closes
-// ready when the racers together have made raceCalls calls.
-func (s *simState) racer(i int, rng *rand.Rand, made *atomic.Int64, ready chan struct{}) []*simCall {
-	var out []*simCall
+// ready when the racers together have made raceCalls calls. Its loop is
+// lean (no deadline, no caller id, a prebuilt body) so that most of its time
+// is spent inside Publish, between admission and hand-off among others.
+func (s *simState) racer(i int, made *atomic.Int64, ready chan struct{}) []*simCall {
+	out := make([]*simCall, 0, 1024)
+	typ := simTypes[i%len(simTypes)]
+	ctx := context.Background()
 	for j := 0; ; j++ {
-		c := &simCall{k: i*1_000_000 + j, racer: true}
+		c := &simCall{k: i*1_000_000 + j, racer: true, what: "publish", typ: typ}
 		out = append(out, c)
-		s.call(c, rng)
+		body := []byte(`{"sim":"simk` + strconv.Itoa(c.k) + `x"}`)
+		c.start = time.Now()
+		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: typ, Body: body})
+		c.end = time.Now()
 		if made.Add(1) == int64(s.cfg.raceCalls) {
 			close(ready)
 		}
 		if errors.Is(c.err, mlproducer.ErrClosed) {
+			if s.cfg.closeTimeout >= 0 {
+				s.stopPolls.Store(true) // Close waits for its ctx: let time pass
+			}
 			return out
 		}
 	}
@@ -633,8 +708,12 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 	defer cancel()
 	token := fmt.Sprintf("simk%dx", c.k)
 	c.poison = s.cfg.poisonEvery > 0 && rng.IntN(s.cfg.poisonEvery) == 0
+	dup := rng.Float64() < s.cfg.dupShare
 	c.start = time.Now()
 	switch r := rng.IntN(10); {
+	case dup && !c.poison: // one of two caller ids that many calls share
+		c.what, c.typ, c.callerID = "publish", simTypes[rng.IntN(len(simTypes))], fmt.Sprintf("dup-%d", rng.IntN(2))
+		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
 	case c.poison: // a body the broker refuses (406): it must end in the dead-letter hook
 		c.what, c.typ = "poison", simTypes[rng.IntN(len(simTypes))]
 		pad := strings.Repeat("p", s.cfg.maxMessageSize+rng.IntN(512))
@@ -665,7 +744,8 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 // reconnect backoff's initial interval after the last one, see invariant 7)
 // until stop; then it lifts them all.
 func (s *simState) faults(rng *rand.Rand, stop chan struct{}) {
-	var blocked, stalled, hung, held, refused, hangDials, failCh, holdConf bool
+	var blocked, stalled, hung, held, refused, hangDials, failCh bool
+	holdConf := s.cfg.holdAtStart
 	exchangeUp := !s.cfg.noDeclare // NoDeclare: missing until the operator declares it
 	defer s.liftFaults()
 	for {
@@ -871,6 +951,7 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 	deadList := slices.Clone(s.dead)
 	s.deadMu.Unlock()
 	for _, d := range deadList {
+		d.k = tokenOf(d.body)
 		dead[d.k] = append(dead[d.k], d)
 	}
 
@@ -956,10 +1037,15 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		s.violate(1, "after Close: state %v, retry queue %d, pending confirms %d", st.ConnectionState, st.RetryQueueSize, st.PendingConfirms)
 	}
 
-	// 4. Retry queue bound.
+	// 4. Retry queue bound, as sampled, and the bound of admission: the
+	// messages held (accepted, not yet final), wherever they are.
 	if m := s.maxRetryQ.Load(); m > int64(cfg.retryCap+cfg.maxInFlight) {
 		s.violate(4, "the retry queue held %d messages at %v, above capacity %d + max in flight %d",
 			m, time.Duration(s.retryQAt.Load()).Round(time.Microsecond), cfg.retryCap, cfg.maxInFlight)
+	}
+	if m, at := s.maxHeld(calls, dead); m > cfg.retryCap+cfg.maxInFlight {
+		s.violate(4, "at %v the Producer held at least %d messages accepted and not yet confirmed or dead-lettered, above retry queue capacity %d + max in flight %d",
+			at.Sub(s.t0).Round(time.Microsecond), m, cfg.retryCap, cfg.maxInFlight)
 	}
 
 	// 5. Calls bounded by ctx and by the confirm timeout.
@@ -1008,6 +1094,59 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 	}
 	s.logf("end: %d calls, %d accepted, %d dead letters (%d out of attempts), %d dials, %d publishing channels ended, max retry queue %d; status %+v",
 		len(calls), accepted, len(deadList), s.res.stats.deadOutOfAttempts, len(dials), n.closures, s.maxRetryQ.Load(), st)
+}
+
+// maxHeld returns a lower bound of the most messages the Producer held at
+// once, and when: a message counts from the moment its call returned with
+// a nil error until the first plain ack (not after a basic.return) of any
+// of its writes or its dead-letter hook call, whichever is first; the
+// Producer took it before the first and lets it go after the second. At one
+// fake instant every end is counted before any start. Call with s.net.mu
+// held.
+func (s *simState) maxHeld(calls []*simCall, dead map[int][]simDead) (int, time.Time) {
+	type ev struct {
+		at    time.Time
+		delta int
+	}
+	var evs []ev
+	for _, c := range calls {
+		if c.err != nil {
+			continue
+		}
+		var end time.Time
+		for _, d := range dead[c.k] {
+			if end.IsZero() || d.at.Before(end) {
+				end = d.at
+			}
+		}
+		for _, w := range s.net.writes[c.k] {
+			if w.acked && !w.bounced && (end.IsZero() || w.ackedAt.Before(end)) {
+				end = w.ackedAt
+			}
+		}
+		if !end.IsZero() && !c.end.Before(end) {
+			continue // final before its call returned
+		}
+		evs = append(evs, ev{c.end, 1})
+		if !end.IsZero() {
+			evs = append(evs, ev{end, -1})
+		}
+	}
+	sort.Slice(evs, func(i, j int) bool {
+		if !evs[i].at.Equal(evs[j].at) {
+			return evs[i].at.Before(evs[j].at)
+		}
+		return evs[i].delta < evs[j].delta
+	})
+	held, most := 0, 0
+	var at time.Time
+	for _, e := range evs {
+		held += e.delta
+		if held > most {
+			most, at = held, e.at
+		}
+	}
+	return most, at
 }
 
 // checkCharged checks a dead letter for running out of attempts (invariant
