@@ -7,6 +7,21 @@ package mlproducer_test
 // checks the Guarantees as invariants. A failing schedule prints its seed,
 // its configuration and its fault log; `-seed N` replays it.
 //
+// Every fault is the fake broker's own (package mlproducertest); simNet
+// (sim_net_test.go) only observes, per publish call, what the fake does not
+// report. Besides the faults at random moments, a schedule may have any of
+// these traits: poison (the broker has a maximum message size and
+// publishers now and then send a body over it: 406, channel closed);
+// NoDeclare (the Producer declares nothing and the exchange is missing
+// until an operator declares it, if ever: 404 on every publish, so every
+// session dies young); a Close race (publishers in a tight loop, with no
+// connection and Status polled in a tight loop, while Close is called with
+// an expired or very short ctx: a publish admitted just before Close must
+// still be accounted for); shared caller ids with returns and late acks
+// from the start (a return must be matched to its exact attempt); slow
+// retries, often with confirms held from the start (admission must count
+// the messages waiting for their retry).
+//
 // Determinism: the seed decides the configuration, the number of
 // publishers, every publisher's calls, deadlines, cancellations and sleeps
 // (one generator per publisher), and every fault and its moment (one
@@ -15,9 +30,10 @@ package mlproducer_test
 // fake instant, the jitter of the Producer's backoffs (cenkalti/backoff
 // draws from math/rand's global source), the fake broker's own draws for
 // SetFaults (one generator shared by every write, so their order follows the
-// interleaving) and UUIDv7 message ids. A replay therefore runs the same
-// scenario; a violation that depends on a race may need a few replays, or
-// -count.
+// interleaving), UUIDv7 message ids, and in a Close race how many calls
+// the racers make and where each is when Close runs (that is the point of
+// it). A replay therefore runs the same scenario; a violation that depends
+// on a race may need a few replays, or -count.
 
 import (
 	"context"
@@ -27,6 +43,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -36,6 +53,7 @@ import (
 
 	"github.com/mlproducer/mlproducer"
 	"github.com/mlproducer/mlproducer/mlproducertest"
+	"github.com/mlproducer/mlproducer/transport"
 )
 
 var (
@@ -43,7 +61,7 @@ var (
 	simSchedules = flag.Int("sim.schedules", 300, "TestSimulation: number of schedules to run")
 	simDuration  = flag.Duration("sim.duration", 0, "TestSimulation: run schedules until this much real time has passed (for make soak); overrides -sim.schedules")
 	simBase      = flag.Uint64("sim.base", 0, "TestSimulation: first seed (default 1, or a random one with -sim.duration)")
-	simWithout   = flag.String("sim.without", "", "TestSimulation: comma-separated fault kinds to leave out, to tell which fault a violation needs: "+strings.Join(simFaultKinds[:], ","))
+	simWithout   = flag.String("sim.without", "", "TestSimulation: comma-separated fault kinds or schedule kinds to leave out, to tell which a violation needs: "+strings.Join(simFaultKinds[:], ",")+", and "+strings.Join(simModes, ","))
 	simVerbose   = flag.Bool("sim.v", false, "TestSimulation: print every schedule's configuration and fault log")
 )
 
@@ -57,8 +75,16 @@ var simQueues = map[mlproducer.TaskType]string{
 var simTypes = []mlproducer.TaskType{mlproducer.TaskSummarization, mlproducer.TaskTranscription, mlproducer.TaskEmbedding}
 
 // simFaultKinds names the faults of simState.faults, by the number drawn.
-var simFaultKinds = [16]string{"drop", "drop", "refuse", "hangdials", "block", "holdconfirms", "nacknext",
-	"setfaults", "setfaults", "deletequeue", "failchannels", "hold", "hold", "stall", "hang", "deleteexchange"}
+var simFaultKinds = [17]string{"drop", "drop", "refuse", "hangdials", "block", "holdconfirms", "nacknext",
+	"setfaults", "setfaults", "deletequeue", "failchannels", "holdevents", "holdevents", "stallwrites",
+	"hangchannels", "deleteexchange", "nackheld"}
+
+// simModes names the kinds of schedule that -sim.without can leave out.
+var simModes = []string{"poison", "nodeclare", "closerace"}
+
+func simLeftOut(name string) bool {
+	return slices.Contains(strings.Split(*simWithout, ","), name)
+}
 
 // simSlack is the lateness allowed to every call and to Close.
 const simSlack = 50 * time.Millisecond
@@ -80,6 +106,17 @@ type simConfig struct {
 	closeTimeout                   time.Duration // Close's ctx; <0: already expired
 	faultGap                       time.Duration // mean gap between faults
 	pubGap                         time.Duration // mean gap between a publisher's calls
+
+	maxMessageSize int     // the broker's limit (0: none); a poison schedule
+	poisonEvery    int     // a publisher sends a body over it one call in poisonEvery
+	noDeclare      bool    // WithTopology(NoDeclare); the exchange starts missing
+	closeRace      bool    // publishers in a tight loop around Close
+	racers         int     // goroutines of the tight loop
+	raceCalls      int     // calls they make before Close is called
+	raceNoConn     bool    // the race runs with dials refused, connections dropped
+	dupShare       float64 // share of calls that reuse one of two caller ids
+	holdAtStart    bool    // HoldConfirms(true) from the start
+	startFaults    mlproducertest.Faults
 }
 
 func newSimConfig(rng *rand.Rand) simConfig {
@@ -121,14 +158,78 @@ func newSimConfig(rng *rand.Rand) simConfig {
 	}
 	c.faultGap = dur(c.reconnectInitial, 150*time.Millisecond)
 	c.pubGap = dur(time.Millisecond, 30*time.Millisecond)
+	if rng.IntN(3) == 0 && !simLeftOut("poison") {
+		c.maxMessageSize = 1024
+		c.poisonEvery = 5 + rng.IntN(40)
+	}
+	if rng.IntN(3) == 0 {
+		// Many calls share two caller ids, and some messages come back
+		// unroutable with their acks late: a return must be matched to
+		// the exact attempt it belongs to.
+		c.dupShare = 0.5
+		c.startFaults = mlproducertest.Faults{
+			ReturnRate:   0.05 + 0.2*rng.Float64(),
+			ConfirmDelay: time.Duration(rng.Int64N(int64(2 * c.confirmTimeout))),
+			Seed:         rng.Int64(),
+		}
+	}
+	if rng.IntN(3) == 0 {
+		// Slow retries: a failed message waits in the retry queue while
+		// new publishes take the in-flight slots it left, and time out in
+		// turn when the broker does not confirm (often from the start
+		// here). Admission must count it.
+		c.retryInitial = dur(200*time.Millisecond, time.Second)
+		c.retryMax = c.retryInitial * time.Duration(1+rng.IntN(4))
+		c.holdAtStart = rng.IntN(2) == 0
+	}
+	if rng.IntN(8) == 0 && !simLeftOut("nodeclare") {
+		c.noDeclare = true
+	}
+	if rng.IntN(3) == 0 && !simLeftOut("closerace") {
+		c.closeRace = true
+		c.racers = 3 + rng.IntN(10)
+		// Few: Close then has few messages to hand to the hook, and a
+		// publish caught between admission and hand-off is more often
+		// still there when Close has looked.
+		c.raceCalls = 5 + rng.IntN(100)
+		c.raceNoConn = rng.IntN(4) > 0
+		if rng.IntN(3) > 0 {
+			c.closeTimeout = -1
+		} else {
+			c.closeTimeout = dur(0, 2*time.Millisecond)
+		}
+		if c.raceNoConn {
+			// Room for every racing call: a full queue or an open breaker
+			// refuses them all, and a refused call cannot be lost.
+			c.retryCap = max(c.retryCap, 1<<20)
+			c.breakerThreshold = 1 << 20
+		}
+	}
 	return c
 }
 
 func (c simConfig) String() string {
-	return fmt.Sprintf("reconnect %v..%v, retry %v..%v, confirm timeout %v, connection timeout %v, max retries %d, retry queue cap %d, max in flight %d, health %v, breaker %d/%v, publishers %d (gap %v), close after %v with timeout %v, fault gap %v",
+	s := fmt.Sprintf("reconnect %v..%v, retry %v..%v, confirm timeout %v, connection timeout %v, max retries %d, retry queue cap %d, max in flight %d, health %v, breaker %d/%v, publishers %d (gap %v), close after %v with timeout %v, fault gap %v",
 		c.reconnectInitial, c.reconnectMax, c.retryInitial, c.retryMax, c.confirmTimeout, c.connectionTimeout,
 		c.maxRetries, c.retryCap, c.maxInFlight, c.healthInterval, c.breakerThreshold, c.breakerCooldown,
 		c.publishers, c.pubGap, c.runFor, c.closeTimeout, c.faultGap)
+	if c.maxMessageSize > 0 {
+		s += fmt.Sprintf("; poison: max message size %d, one call in %d over it", c.maxMessageSize, c.poisonEvery)
+	}
+	if c.noDeclare {
+		s += "; NoDeclare, exchange missing"
+	}
+	if c.closeRace {
+		s += fmt.Sprintf("; Close race: %d racers, %d calls, no connection %v", c.racers, c.raceCalls, c.raceNoConn)
+	}
+	if c.holdAtStart {
+		s += "; confirms held from the start"
+	}
+	if c.dupShare > 0 {
+		s += fmt.Sprintf("; %.0f%% of calls share two caller ids; from the start returns %.2f, confirm delay %v",
+			100*c.dupShare, c.startFaults.ReturnRate, c.startFaults.ConfirmDelay)
+	}
+	return s
 }
 
 // simCall is one publish call and what it returned.
@@ -143,11 +244,14 @@ type simCall struct {
 	cancelAt atomic.Int64
 	rcpt     mlproducer.Receipt
 	err      error
+	poison   bool // body over the broker's maximum message size
+	racer    bool
 }
 
 // simDead is one call of the dead-letter hook.
 type simDead struct {
-	k        int
+	k        int // from body, filled in by check
+	body     []byte
 	id       string
 	seq      uint64
 	at       time.Time
@@ -163,6 +267,23 @@ type simResult struct {
 	violations []string
 	calls      int
 	accepted   int
+	stats      simStats
+}
+
+// simStats counts what the schedules exercised, for the summary.
+type simStats struct {
+	deadOutOfAttempts int // dead letters other than by Close
+	poison, poisonDLQ int // poison messages accepted; dead-lettered out of attempts
+	raced             int // calls accepted from racers
+	noDeclareDLQ      int // dead letters out of attempts in NoDeclare schedules
+}
+
+func (a *simStats) add(b simStats) {
+	a.deadOutOfAttempts += b.deadOutOfAttempts
+	a.poison += b.poison
+	a.poisonDLQ += b.poisonDLQ
+	a.raced += b.raced
+	a.noDeclareDLQ += b.noDeclareDLQ
 }
 
 func TestSimulation(t *testing.T) {
@@ -181,6 +302,7 @@ func TestSimulation(t *testing.T) {
 	started := time.Now()
 	var n, failed, calls int
 	var seeds []uint64
+	var stats simStats
 	for seed := base; ; seed++ {
 		if *simDuration > 0 {
 			if time.Since(started) >= *simDuration {
@@ -192,6 +314,7 @@ func TestSimulation(t *testing.T) {
 		r := runSimSchedule(t, seed)
 		n++
 		calls += r.calls
+		stats.add(r.stats)
 		if len(r.violations) > 0 {
 			failed++
 			seeds = append(seeds, seed)
@@ -203,6 +326,8 @@ func TestSimulation(t *testing.T) {
 	el := time.Since(started)
 	t.Logf("simulation: %d schedules (seeds %d..%d), %d publish calls, in %v: %.0f schedules per minute; %d failed: %v",
 		n, base, base+uint64(n)-1, calls, el.Round(time.Millisecond), float64(n)/el.Minutes(), failed, seeds)
+	t.Logf("exercised: %d dead letters out of attempts (%d in NoDeclare schedules); %d poison messages accepted, %d of them dead-lettered out of attempts; %d calls accepted while racing Close",
+		stats.deadOutOfAttempts, stats.noDeclareDLQ, stats.poison, stats.poisonDLQ, stats.raced)
 }
 
 func reportSim(t *testing.T, r simResult, detail bool) {
@@ -261,6 +386,7 @@ type simState struct {
 	res   *simResult
 
 	closeCalled atomic.Bool
+	stopPolls   atomic.Bool // Close race: the Status pollers stop
 	lifted      atomic.Bool // the watchdog lifted the faults: add no more
 	closeDone   chan struct{}
 	maxRetryQ   atomic.Int64
@@ -269,7 +395,8 @@ type simState struct {
 	deadMu sync.Mutex
 	dead   []simDead
 
-	blockEpisodes, stallEpisodes int // fault goroutine only
+	blockEpisodes, stallEpisodes int         // fault goroutine only
+	opDials                      []time.Time // dials of the operator (declareTopology), fault goroutine only
 }
 
 func (s *simState) logf(format string, args ...any) {
@@ -304,9 +431,14 @@ func simulate(seed uint64, res *simResult) {
 	s := &simState{cfg: cfg, t0: time.Now(), seed: seed, res: res, closeDone: make(chan struct{})}
 	s.b = mlproducertest.NewBroker()
 	defer s.b.Close()
+	s.b.SetMaxMessageSize(cfg.maxMessageSize)
+	s.b.HoldConfirms(cfg.holdAtStart)
+	s.b.SetFaults(cfg.startFaults)
 	s.net = newSimNet(s.b)
+	topo := mlproducer.Topology{NoDeclare: cfg.noDeclare}
 	p, err := mlproducer.New(
 		mlproducer.WithDialer(s.net),
+		mlproducer.WithTopology(topo),
 		mlproducer.WithReconnectBackoff(cfg.reconnectInitial, cfg.reconnectMax),
 		mlproducer.WithRetryBackoff(cfg.retryInitial, cfg.retryMax),
 		mlproducer.WithConfirmTimeout(cfg.confirmTimeout),
@@ -318,7 +450,10 @@ func simulate(seed uint64, res *simResult) {
 		mlproducer.WithCircuitBreaker(cfg.breakerThreshold, cfg.breakerCooldown),
 		mlproducer.WithHeartbeat(0),
 		mlproducer.WithDeadLetter(func(dl mlproducer.DeadLetter) {
-			d := simDead{k: tokenOf(dl.Message.Body), id: dl.Message.ID, seq: s.net.seq.Add(1), at: time.Now(), attempts: dl.Attempts, err: dl.Err}
+			// Kept cheap (the token is read later): Close calls the hook
+			// for each message left, and a slow hook would narrow the
+			// window the Close race hunts in.
+			d := simDead{body: dl.Message.Body, id: dl.Message.ID, seq: s.net.seq.Add(1), at: time.Now(), attempts: dl.Attempts, err: dl.Err}
 			s.deadMu.Lock()
 			s.dead = append(s.dead, d)
 			s.deadMu.Unlock()
@@ -370,6 +505,50 @@ func simulate(seed uint64, res *simResult) {
 
 	// Close at a random moment with a random deadline.
 	time.Sleep(cfg.runFor)
+	var racers sync.WaitGroup
+	racing := make([][]*simCall, cfg.racers)
+	if cfg.closeRace {
+		if cfg.raceNoConn {
+			close(stopFaults)
+			<-faultsDone
+			stopFaults = nil
+			s.b.RefuseDials(errors.New("sim: connection refused (Close race)"))
+			s.b.DropConnections(nil)
+		}
+		// Racers in a tight loop; Close is called, with no sleep in
+		// between (fake time stands still while they spin), once they
+		// have made raceCalls calls, so that some are caught between
+		// admission and hand-off.
+		var made atomic.Int64
+		ready := make(chan struct{})
+		for i := range cfg.racers {
+			racers.Add(1)
+			go func() {
+				defer racers.Done()
+				racing[i] = s.racer(cfg.publishers+i, &made, ready)
+			}()
+		}
+		if cfg.raceNoConn {
+			// Monitoring that polls Status (which takes the retry queue's
+			// lock) in a tight loop, as a readiness probe might: a racer
+			// between admission and hand-off then often waits for that
+			// lock while Close looks at the queue. They poll while
+			// nothing needs fake time to pass: until Close has returned
+			// when its ctx has already expired, else until a racer sees
+			// ErrClosed.
+			for range 2 {
+				racers.Add(1)
+				go func() {
+					defer racers.Done()
+					for !s.stopPolls.Load() {
+						s.p.Status()
+					}
+				}()
+			}
+		}
+		<-ready
+		s.logf("Close race: %d calls made by %d racers", made.Load(), cfg.racers)
+	}
 	ctx, cancel := context.Background(), context.CancelFunc(func() {})
 	var closeDeadline time.Time
 	if cfg.closeTimeout < 0 {
@@ -385,6 +564,7 @@ func simulate(seed uint64, res *simResult) {
 	closeStart := time.Now()
 	closeErr := p.Close(ctx)
 	closeEnd := time.Now()
+	s.stopPolls.Store(true)
 	cancel()
 	close(s.closeDone)
 	<-watchdogDone
@@ -395,9 +575,12 @@ func simulate(seed uint64, res *simResult) {
 	}
 	deadAtClose := s.deadCount()
 
-	close(stopFaults)
-	<-faultsDone
+	if stopFaults != nil {
+		close(stopFaults)
+		<-faultsDone
+	}
 	pubs.Wait()
+	racers.Wait()
 	close(stopSampler)
 	sampler.Wait()
 	st := p.Status()
@@ -407,7 +590,7 @@ func simulate(seed uint64, res *simResult) {
 	if n := s.deadCount(); n != deadAtClose {
 		s.violate(8, "the dead-letter hook was called %d times after Close returned", n-deadAtClose)
 	}
-	s.check(slices.Concat(calls...), st)
+	s.check(slices.Concat(slices.Concat(calls...), slices.Concat(racing...)), st)
 }
 
 func (s *simState) deadCount() int {
@@ -439,9 +622,9 @@ func (s *simState) watchdog(deadline time.Time, done chan struct{}) {
 
 // liftFaults turns every fault off.
 func (s *simState) liftFaults() {
-	s.net.setHang(false)
-	s.net.setStall(false)
-	s.net.setHold(false)
+	s.b.HangChannels(false)
+	s.b.StallWrites(false)
+	s.b.HoldEvents(false)
 	s.b.HangDials(false)
 	s.b.RefuseDials(nil)
 	s.b.FailChannels(nil)
@@ -467,6 +650,33 @@ func (s *simState) publisher(i int, rng *rand.Rand) []*simCall {
 		out = append(out, c)
 		s.call(c, rng)
 		s.sample()
+	}
+}
+
+// racer makes calls with no pause until one fails with ErrClosed; it closes
+// ready when the racers together have made raceCalls calls. Its loop is
+// lean (no deadline, no caller id, a prebuilt body) so that most of its time
+// is spent inside Publish, between admission and hand-off among others.
+func (s *simState) racer(i int, made *atomic.Int64, ready chan struct{}) []*simCall {
+	out := make([]*simCall, 0, 1024)
+	typ := simTypes[i%len(simTypes)]
+	ctx := context.Background()
+	for j := 0; ; j++ {
+		c := &simCall{k: i*1_000_000 + j, racer: true, what: "publish", typ: typ}
+		out = append(out, c)
+		body := []byte(`{"sim":"simk` + strconv.Itoa(c.k) + `x"}`)
+		c.start = time.Now()
+		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: typ, Body: body})
+		c.end = time.Now()
+		if made.Add(1) == int64(s.cfg.raceCalls) {
+			close(ready)
+		}
+		if errors.Is(c.err, mlproducer.ErrClosed) {
+			if s.cfg.closeTimeout >= 0 {
+				s.stopPolls.Store(true) // Close waits for its ctx: let time pass
+			}
+			return out
+		}
 	}
 }
 
@@ -497,8 +707,17 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 	}
 	defer cancel()
 	token := fmt.Sprintf("simk%dx", c.k)
+	c.poison = s.cfg.poisonEvery > 0 && rng.IntN(s.cfg.poisonEvery) == 0
+	dup := rng.Float64() < s.cfg.dupShare
 	c.start = time.Now()
 	switch r := rng.IntN(10); {
+	case dup && !c.poison: // one of two caller ids that many calls share
+		c.what, c.typ, c.callerID = "publish", simTypes[rng.IntN(len(simTypes))], fmt.Sprintf("dup-%d", rng.IntN(2))
+		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
+	case c.poison: // a body the broker refuses (406): it must end in the dead-letter hook
+		c.what, c.typ = "poison", simTypes[rng.IntN(len(simTypes))]
+		pad := strings.Repeat("p", s.cfg.maxMessageSize+rng.IntN(512))
+		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, Body: []byte(`{"sim":"` + token + `","pad":"` + pad + `"}`)})
 	case r < 2:
 		c.what, c.typ = "summarization", mlproducer.TaskSummarization
 		c.rcpt, c.err = s.p.PublishSummarization(ctx, token, "some text to summarise", mlproducer.SummarizationOptions{})
@@ -525,7 +744,9 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 // reconnect backoff's initial interval after the last one, see invariant 7)
 // until stop; then it lifts them all.
 func (s *simState) faults(rng *rand.Rand, stop chan struct{}) {
-	var blocked, stalled, hung, held, refused, hangDials, failCh, holdConf bool
+	var blocked, stalled, hung, held, refused, hangDials, failCh bool
+	holdConf := s.cfg.holdAtStart
+	exchangeUp := !s.cfg.noDeclare // NoDeclare: missing until the operator declares it
 	defer s.liftFaults()
 	for {
 		gap := s.cfg.reconnectInitial + time.Duration(rng.Int64N(2*int64(s.cfg.faultGap)+1))
@@ -537,8 +758,8 @@ func (s *simState) faults(rng *rand.Rand, stop chan struct{}) {
 		if s.lifted.Load() {
 			return
 		}
-		r := rng.IntN(16)
-		if slices.Contains(strings.Split(*simWithout, ","), simFaultKinds[r]) {
+		r := rng.IntN(len(simFaultKinds))
+		if simLeftOut(simFaultKinds[r]) {
 			continue
 		}
 		switch r {
@@ -590,18 +811,23 @@ func (s *simState) faults(rng *rand.Rand, stop chan struct{}) {
 				f.ConfirmDelay = time.Duration(rng.Int64N(int64(2 * s.cfg.confirmTimeout)))
 			}
 			f.MultipleAcks = rng.IntN(2) == 0
+			f.MultipleNacks = rng.IntN(2) == 0
 			if rng.IntN(4) == 0 {
 				f = mlproducertest.Faults{}
 			}
-			s.logf("fault: SetFaults(nack %.2f, lose %.2f, return %.2f, delay %v, multiple %v)",
-				f.NackRate, f.LoseConfirmRate, f.ReturnRate, f.ConfirmDelay, f.MultipleAcks)
+			s.logf("fault: SetFaults(nack %.2f, lose %.2f, return %.2f, delay %v, multiple acks %v, multiple nacks %v)",
+				f.NackRate, f.LoseConfirmRate, f.ReturnRate, f.ConfirmDelay, f.MultipleAcks, f.MultipleNacks)
 			s.b.SetFaults(f)
 		case 9:
-			if blocked { // writes held by Block hold the lock deleteQueue takes
+			if blocked || stalled { // writes held by the fake hold the lock deleteQueue takes
 				continue
 			}
 			q := simQueues[simTypes[rng.IntN(len(simTypes))]]
-			s.logf("fault: DeleteQueue(%s) (declared again on the next connection)", q)
+			if s.cfg.noDeclare {
+				s.logf("fault: DeleteQueue(%s) (until the operator declares the topology)", q)
+			} else {
+				s.logf("fault: DeleteQueue(%s) (declared again on the next connection)", q)
+			}
 			s.net.deleteQueue(q)
 		case 10:
 			failCh = !failCh
@@ -613,22 +839,78 @@ func (s *simState) faults(rng *rand.Rand, stop chan struct{}) {
 			}
 		case 11, 12:
 			held = !held
-			s.logf("fault: hold returns and acks (%v)", held)
-			s.net.setHold(held)
+			s.logf("fault: HoldEvents(%v): returns and acks held together", held)
+			s.b.HoldEvents(held)
 		case 13:
 			stalled = !stalled
 			if stalled {
 				s.stallEpisodes++
 			}
-			s.logf("fault: stall writes with no connection.blocked (%v)", stalled)
-			s.net.setStall(stalled)
+			s.logf("fault: StallWrites(%v): writes blocked with no connection.blocked", stalled)
+			s.b.StallWrites(stalled)
 		case 14:
 			hung = !hung
-			s.logf("fault: channel.open and confirm.select hang (%v)", hung)
-			s.net.setHang(hung)
+			s.logf("fault: HangChannels(%v): channel.open, declarations and confirm.select unanswered", hung)
+			s.b.HangChannels(hung)
 		case 15:
-			s.logf("fault: DeleteExchange(ml.tasks) (declared again on the next connection)")
-			s.b.DeleteExchange("ml.tasks")
+			switch {
+			case !exchangeUp && (refused || hangDials || failCh || hung):
+				continue // the operator could not get in either
+			case !exchangeUp:
+				s.logf("fault: the operator declares the topology")
+				s.declareTopology()
+				exchangeUp = true
+			case s.cfg.noDeclare:
+				s.logf("fault: DeleteExchange(ml.tasks) (until the operator declares it again)")
+				s.b.DeleteExchange("ml.tasks")
+				exchangeUp = false
+			default:
+				s.logf("fault: DeleteExchange(ml.tasks) (declared again on the next connection)")
+				s.b.DeleteExchange("ml.tasks")
+			}
+		case 16:
+			// Nacks held, then released together: a multiple nack when
+			// MultipleNacks is on.
+			n := 2 + rng.IntN(4)
+			s.logf("fault: NackNext(%d) with HoldConfirms(true)", n)
+			s.b.NackNext(n)
+			if !holdConf {
+				holdConf = true
+				s.b.HoldConfirms(true)
+			}
+		}
+	}
+}
+
+// declareTopology declares the Producer's default topology as an operator
+// would, on a connection of its own (its dial is left out of invariant 7).
+// Call it only when no fault holds or refuses dials and channels.
+func (s *simState) declareTopology() {
+	s.opDials = append(s.opDials, time.Now())
+	conn, err := s.b.Dial(context.Background(), "sim-operator", transport.Config{})
+	if err != nil {
+		s.logf("operator: dial: %v", err)
+		return
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		s.logf("operator: channel: %v", err)
+		return
+	}
+	defer ch.Close()
+	if err := ch.ExchangeDeclare("ml.tasks", "direct", true, nil); err != nil {
+		s.logf("operator: %v", err)
+		return
+	}
+	for _, q := range simQueues {
+		if err := ch.QueueDeclare(q, true, nil); err != nil {
+			s.logf("operator: %v", err)
+			return
+		}
+		if err := ch.QueueBind(q, q, "ml.tasks"); err != nil {
+			s.logf("operator: %v", err)
+			return
 		}
 	}
 }
@@ -660,8 +942,8 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 			stored[tokenOf(d.Body)]++
 		}
 	}
-	if n.unmatched > 0 || stored[-1] > 0 {
-		s.violate(0, "harness: %d writes and %d stored messages carry no call token", n.unmatched, stored[-1])
+	if n.unmatched > 0 || stored[-1] > 0 || len(n.mismatch) > 0 {
+		s.violate(0, "harness: %d writes and %d stored messages carry no call token; tags: %v", n.unmatched, stored[-1], n.mismatch)
 	}
 
 	dead := map[int][]simDead{}
@@ -669,6 +951,7 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 	deadList := slices.Clone(s.dead)
 	s.deadMu.Unlock()
 	for _, d := range deadList {
+		d.k = tokenOf(d.body)
 		dead[d.k] = append(dead[d.k], d)
 	}
 
@@ -685,8 +968,8 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		}
 	}
 	for _, c := range calls {
-		if c.err != nil && (n.sent[c.k] > 0 || stored[c.k] > 0) {
-			s.violate(9, "call %d (%s) was refused (%v) but its message was written %d times, stored %d times", c.k, c.what, c.err, n.sent[c.k], stored[c.k])
+		if c.err != nil && (len(n.writes[c.k]) > 0 || stored[c.k] > 0) {
+			s.violate(9, "call %d (%s) was refused (%v) but its message was written %d times, stored %d times", c.k, c.what, c.err, len(n.writes[c.k]), stored[c.k])
 		}
 	}
 
@@ -697,8 +980,13 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 			continue
 		}
 		ds := dead[c.k]
+		sent := n.sent(c.k)
+		what := c.what
+		if c.racer {
+			what += ", racing Close"
+		}
 		desc := fmt.Sprintf("call %d (%s %s, id %s, caller id %q, receipt %v, started %v, returned after %v): written %d times, stored %d times, dead-lettered %d times",
-			c.k, c.what, c.typ, c.rcpt.MessageID, c.callerID, c.rcpt.State, c.start.Sub(s.t0).Round(time.Microsecond), c.end.Sub(c.start), n.sent[c.k], stored[c.k], len(ds))
+			c.k, what, c.typ, c.rcpt.MessageID, c.callerID, c.rcpt.State, c.start.Sub(s.t0).Round(time.Microsecond), c.end.Sub(c.start), sent, stored[c.k], len(ds))
 		if len(ds) > 1 {
 			s.violate(1, "the dead-letter hook was called more than once: %s", desc)
 		}
@@ -713,31 +1001,32 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		} else if len(ds) == 0 && stored[c.k] == 0 {
 			s.violate(2, "accepted, not dead-lettered, never stored by the broker (lost): %s", desc)
 		}
-		// 3. Sends bounded by the attempts plus what the connection cost.
-		if limit := cfg.maxRetries + 1 + allowance; n.sent[c.k] > limit {
-			s.violate(3, "written %d times, more than max retries %d + 1 + %d publishing channels ended + %d block and %d stall episodes: %s",
-				n.sent[c.k], cfg.maxRetries, n.closures, s.blockEpisodes, s.stallEpisodes, desc)
+		if c.poison && stored[c.k] > 0 {
+			s.violate(0, "harness: a poison message was stored: %s", desc)
 		}
-		// 3b. An attempt counts only when it was written: retries exhausted
-		// means at least max retries + 1 writes began before the hook.
+		// 3. Sends bounded by the attempts plus what the connection cost.
+		if limit := cfg.maxRetries + 1 + allowance; sent > limit {
+			s.violate(3, "written %d times, more than max retries %d + 1 + %d publishing channels ended + %d block and %d stall episodes: %s",
+				sent, cfg.maxRetries, n.closures, s.blockEpisodes, s.stallEpisodes, desc)
+		}
+		if c.poison {
+			s.res.stats.poison++
+		}
+		if c.racer {
+			s.res.stats.raced++
+		}
 		for _, d := range ds {
 			if errors.Is(d.err, mlproducer.ErrClosed) {
 				continue
 			}
-			began := 0
-			for _, sq := range n.started[c.k] {
-				if sq < d.seq {
-					began++
-				}
+			s.res.stats.deadOutOfAttempts++
+			if c.poison {
+				s.res.stats.poisonDLQ++
 			}
-			if began < cfg.maxRetries+1 {
-				var at []string
-				for _, w := range n.startedAt[c.k] {
-					at = append(at, w.Sub(s.t0).Round(time.Microsecond).String())
-				}
-				s.violate(3, "dead-lettered at %v as out of attempts (%d attempts, %v) after only %d writes began (max retries %d; writes began at %v): %s",
-					d.at.Sub(s.t0).Round(time.Microsecond), d.attempts, d.err, began, cfg.maxRetries, at, desc)
+			if cfg.noDeclare {
+				s.res.stats.noDeclareDLQ++
 			}
+			s.checkCharged(c, d, desc)
 		}
 	}
 	if st.Accepted != uint64(accepted) || st.DeadLettered != uint64(len(deadList)) || st.Confirmed+st.DeadLettered != uint64(accepted) {
@@ -748,10 +1037,15 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		s.violate(1, "after Close: state %v, retry queue %d, pending confirms %d", st.ConnectionState, st.RetryQueueSize, st.PendingConfirms)
 	}
 
-	// 4. Retry queue bound.
+	// 4. Retry queue bound, as sampled, and the bound of admission: the
+	// messages held (accepted, not yet final), wherever they are.
 	if m := s.maxRetryQ.Load(); m > int64(cfg.retryCap+cfg.maxInFlight) {
 		s.violate(4, "the retry queue held %d messages at %v, above capacity %d + max in flight %d",
 			m, time.Duration(s.retryQAt.Load()).Round(time.Microsecond), cfg.retryCap, cfg.maxInFlight)
+	}
+	if m, at := s.maxHeld(calls, dead); m > cfg.retryCap+cfg.maxInFlight {
+		s.violate(4, "at %v the Producer held at least %d messages accepted and not yet confirmed or dead-lettered, above retry queue capacity %d + max in flight %d",
+			at.Sub(s.t0).Round(time.Microsecond), m, cfg.retryCap, cfg.maxInFlight)
 	}
 
 	// 5. Calls bounded by ctx and by the confirm timeout.
@@ -779,7 +1073,13 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 
 	// 7. Reconnect bursts: with full jitter a single gap may be near 0, but
 	// more than 6 dials within one initial backoff interval is a storm.
-	dials := slices.Clone(n.dialTimes)
+	// The dials are the fake's, less the operator's.
+	dials := s.b.DialTimes()
+	for _, t := range s.opDials {
+		if i := slices.IndexFunc(dials, t.Equal); i >= 0 {
+			dials = slices.Delete(dials, i, i+1)
+		}
+	}
 	sort.Slice(dials, func(i, j int) bool { return dials[i].Before(dials[j]) })
 	for i := range dials {
 		j := i
@@ -792,6 +1092,96 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 			break
 		}
 	}
-	s.logf("end: %d calls, %d accepted, %d dead letters, %d dials, %d publishing channels ended, max retry queue %d; status %+v",
-		len(calls), accepted, len(deadList), len(dials), n.closures, s.maxRetryQ.Load(), st)
+	s.logf("end: %d calls, %d accepted, %d dead letters (%d out of attempts), %d dials, %d publishing channels ended, max retry queue %d; status %+v",
+		len(calls), accepted, len(deadList), s.res.stats.deadOutOfAttempts, len(dials), n.closures, s.maxRetryQ.Load(), st)
+}
+
+// maxHeld returns a lower bound of the most messages the Producer held at
+// once, and when: a message counts from the moment its call returned with
+// a nil error until the first plain ack (not after a basic.return) of any
+// of its writes or its dead-letter hook call, whichever is first; the
+// Producer took it before the first and lets it go after the second. At one
+// fake instant every end is counted before any start. Call with s.net.mu
+// held.
+func (s *simState) maxHeld(calls []*simCall, dead map[int][]simDead) (int, time.Time) {
+	type ev struct {
+		at    time.Time
+		delta int
+	}
+	var evs []ev
+	for _, c := range calls {
+		if c.err != nil {
+			continue
+		}
+		var end time.Time
+		for _, d := range dead[c.k] {
+			if end.IsZero() || d.at.Before(end) {
+				end = d.at
+			}
+		}
+		for _, w := range s.net.writes[c.k] {
+			if w.acked && !w.bounced && (end.IsZero() || w.ackedAt.Before(end)) {
+				end = w.ackedAt
+			}
+		}
+		if !end.IsZero() && !c.end.Before(end) {
+			continue // final before its call returned
+		}
+		evs = append(evs, ev{c.end, 1})
+		if !end.IsZero() {
+			evs = append(evs, ev{end, -1})
+		}
+	}
+	sort.Slice(evs, func(i, j int) bool {
+		if !evs[i].at.Equal(evs[j].at) {
+			return evs[i].at.Before(evs[j].at)
+		}
+		return evs[i].delta < evs[j].delta
+	})
+	held, most := 0, 0
+	var at time.Time
+	for _, e := range evs {
+		held += e.delta
+		if held > most {
+			most, at = held, e.at
+		}
+	}
+	return most, at
+}
+
+// checkCharged checks a dead letter for running out of attempts (invariant
+// 3): every attempt it spent was a write that reached the broker, and the
+// last one failed before the hook was called: the broker nacked or returned
+// it, closed its channel for a message-level reason (403, 404, 406), or its
+// confirm timeout had passed since the write returned. An attempt charged
+// twice, or a late answer to an earlier attempt charged to a retry that is
+// still in flight, fails this. Call with s.net.mu held.
+func (s *simState) checkCharged(c *simCall, d simDead, desc string) {
+	var before []*simWrite
+	returned := 0
+	for _, w := range s.net.writes[c.k] {
+		if w.seq < d.seq {
+			before = append(before, w)
+			if w.returned {
+				returned++
+			}
+		}
+	}
+	var at []string
+	for _, w := range before {
+		at = append(at, fmt.Sprintf("%v(attempt %d, returned %v, ack %v, nack %v, return %v, channel refused it %v)",
+			w.began.Sub(s.t0).Round(time.Microsecond), w.n, w.returned, w.acked, w.nacked, w.bounced, w.ch.messageClosed))
+	}
+	if returned < s.cfg.maxRetries+1 {
+		s.violate(3, "dead-lettered at %v as out of attempts (%d attempts, %v) after only %d writes reached the broker (max retries %d; writes %v): %s",
+			d.at.Sub(s.t0).Round(time.Microsecond), d.attempts, d.err, returned, s.cfg.maxRetries, at, desc)
+		return
+	}
+	last := before[len(before)-1]
+	failed := last.nacked || last.bounced ||
+		last.returned && (last.ch.messageClosed || !d.at.Before(last.returnedAt.Add(s.cfg.confirmTimeout)))
+	if !failed {
+		s.violate(3, "dead-lettered at %v as out of attempts (%d attempts, %v) while its last write (attempt %d, returned at %v) had not failed: not nacked, returned or refused, and its confirm timeout %v not over (writes %v): %s",
+			d.at.Sub(s.t0).Round(time.Microsecond), d.attempts, d.err, last.n, last.returnedAt.Sub(s.t0).Round(time.Microsecond), s.cfg.confirmTimeout, at, desc)
+	}
 }
