@@ -307,15 +307,26 @@ func (s *session) writer() {
 			// Every write of the batch returned: the confirm timeouts start.
 			due := time.Now().Add(s.p.cfg.confirmTimeout).UnixNano()
 			s.mu.Lock()
+			pushed := false
 			for i, a := range batch {
 				batch[i] = nil
 				if a.tag != 0 && a.state == attWriting {
 					a.state = attSent
 					s.fifo.push(entry{a: a, at: due, confirm: true})
+					pushed = true
 				}
 			}
 			s.spare = batch[:0]
+			// After a long write the tracker may have answered the callers
+			// and gone idle: it must see the new deadlines.
+			idle := pushed && s.trackerIdle
+			if idle {
+				s.trackerIdle = false
+			}
 			s.mu.Unlock()
+			if idle {
+				kick(s.trackWake)
+			}
 		}
 	}
 }

@@ -216,6 +216,38 @@ func TestStalledWriteSpendsNoAttempt(t *testing.T) {
 	})
 }
 
+// The confirm timeout of a write that was held for longer than the timeout
+// runs from the moment the write returned: a broker that then never confirms
+// still gets the attempt timed out and, with no retries allowed,
+// dead-lettered.
+func TestStalledWriteThenNoConfirmTimesOut(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		var dl deadLetters
+		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook),
+			mlproducer.WithConfirmTimeout(time.Second), mlproducer.WithMaxRetries(0),
+			mlproducer.WithHealthCheckInterval(0))
+		waitConnected(t, p)
+		b.StallWrites(true)
+		b.HoldConfirms(true)
+		_, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{})
+		require.NoError(t, err)
+		time.Sleep(5 * time.Second) // the caller was answered; the tracker has nothing left to time
+		synctest.Wait()
+		b.StallWrites(false)
+		synctest.Wait()
+		start := time.Now()
+		time.Sleep(2 * time.Second)
+		synctest.Wait()
+		require.Len(t, dl.all(), 1, "timed out one confirm timeout after the write returned")
+		assert.ErrorContains(t, dl.all()[0].Err, "confirm timeout")
+		assert.Less(t, time.Since(start), 3*time.Second)
+		b.HoldConfirms(false)
+		require.NoError(t, closeProducer(t, p))
+	})
+}
+
 // A write that failed never reached the broker: the attempt header of the
 // only stored copy says 1.
 func TestAttemptHeaderCountsOnlyWritesThatReturned(t *testing.T) {
