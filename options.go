@@ -155,14 +155,10 @@ func (c *config) validate() error {
 		return optErr("WithMaxInFlight", c.maxInFlight, "must be > 0")
 	case c.topology.QueueType != QueueClassic && c.topology.QueueType != QueueQuorum:
 		return optErr("WithTopology", c.topology.QueueType, `QueueType must be "classic" or "quorum"`)
-	case c.limits.maxContent <= 0:
-		return optErr("WithMaxContentBytes", c.limits.maxContent, "must be > 0")
-	case len(c.limits.mediaSchemes) == 0:
-		return optErr("WithMediaURLSchemes", "", "at least one scheme is required")
 	case c.logger == nil:
 		return optErr("WithLogger", "nil", "pass a *slog.Logger")
 	}
-	return nil
+	return c.limits.validate()
 }
 
 // urlEncodeHint ends the reason of every refused URL that may hold a
@@ -382,7 +378,8 @@ func WithDeadLetter(f func(DeadLetter)) Option { return func(c *config) { c.dead
 func WithRegisterer(r prometheus.Registerer) Option { return func(c *config) { c.registerer = r } }
 
 // WithMaxContentBytes bounds the content of summarization and embedding tasks
-// and so the body size. Default 1 MiB.
+// and so the body size (n + 64 KiB). Default 1 MiB; at most 512 MiB - 64 KiB,
+// RabbitMQ's own ceiling.
 func WithMaxContentBytes(n int) Option {
 	return func(c *config) {
 		c.limits.maxContent = n

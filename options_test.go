@@ -2,6 +2,7 @@ package mlproducer
 
 import (
 	"errors"
+	"math"
 	"testing"
 	"time"
 
@@ -152,6 +153,8 @@ func TestNewRefusesBadOptions(t *testing.T) {
 		{WithTopology(Topology{QueueType: "stream"}), "WithTopology"},
 		{WithLogger(nil), "WithLogger"},
 		{WithMaxContentBytes(-1), "WithMaxContentBytes"},
+		{WithMaxContentBytes(512 << 20), "WithMaxContentBytes"},
+		{WithMaxContentBytes(math.MaxInt), "WithMaxContentBytes"},
 		{WithMediaURLSchemes(), "WithMediaURLSchemes"},
 	}
 	for _, tc := range cases {

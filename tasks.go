@@ -1055,14 +1055,26 @@ func decodeLimits(opts []Option) (taskLimits, error) {
 			o(&c)
 		}
 	}
-	// As config.validate says of the two options that set limits.
-	switch {
-	case c.limits.maxContent <= 0:
-		return taskLimits{}, optErr("WithMaxContentBytes", c.limits.maxContent, "must be > 0")
-	case len(c.limits.mediaSchemes) == 0:
-		return taskLimits{}, optErr("WithMediaURLSchemes", "", "at least one scheme is required")
+	if err := c.limits.validate(); err != nil {
+		return taskLimits{}, err
 	}
 	return c.limits, nil
+}
+
+// maxContentLimit is the largest WithMaxContentBytes: RabbitMQ refuses a
+// message over 512 MiB whatever its max_message_size says.
+const maxContentLimit = 512<<20 - 64<<10
+
+// validate checks the options that set the limits, for [New] and for
+// [DecodeTask] alike.
+func (l *taskLimits) validate() error {
+	switch {
+	case l.maxContent <= 0 || l.maxContent > maxContentLimit:
+		return optErr("WithMaxContentBytes", l.maxContent, "must be from 1 to "+strconv.Itoa(maxContentLimit)+" (RabbitMQ refuses a message over 512 MiB)")
+	case len(l.mediaSchemes) == 0:
+		return optErr("WithMediaURLSchemes", "", "at least one scheme is required")
+	}
+	return nil
 }
 
 // decodeTask is DecodeTask with the limits of l. It reads body in three
