@@ -193,6 +193,8 @@ func publishHandler[T any, O any](g *gateway, taskType string, publish func(cont
 func (g *gateway) publishError(w http.ResponseWriter, r *http.Request, taskType string, err error) {
 	var invalid *mlproducer.InvalidTaskError
 	switch {
+	case errors.As(err, &invalid) && errors.Is(err, mlproducer.ErrTooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, invalid.Field+": "+invalid.Reason, invalid.Field)
 	case errors.As(err, &invalid):
 		writeError(w, http.StatusBadRequest, invalid.Field+": "+invalid.Reason, invalid.Field)
 	case errors.Is(err, mlproducer.ErrInvalidTask):

@@ -191,6 +191,25 @@ func TestBodyTooLarge(t *testing.T) {
 	}
 }
 
+// 413 naming the field: content within the request limit but over the
+// Producer's, or content whose JSON escaping makes the task body too large.
+func TestContentTooLarge(t *testing.T) {
+	p, b := fakeProducer(t)
+	h := newMux(p, testLogger(t))
+	for name, content := range map[string]string{
+		"over the content limit": strings.Repeat("a", 1<<20+1),
+		"escaped over the body limit": strings.Repeat(`\"`, 600<<10),
+	} {
+		t.Run(name, func(t *testing.T) {
+			body := `{"shareId":"s","content":"` + content + `"}`
+			expectError(t, do(t, h, http.MethodPost, "/api/ml/summarize", body), http.StatusRequestEntityTooLarge, "content")
+		})
+	}
+	if n := b.Published(); n != 0 {
+		t.Fatalf("%d messages reached the broker", n)
+	}
+}
+
 // 405 with Allow for a wrong method; 404 for an unknown path.
 func TestMethodNotAllowed(t *testing.T) {
 	p, _ := fakeProducer(t)
