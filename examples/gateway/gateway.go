@@ -20,7 +20,7 @@ import (
 
 const (
 	// maxBodyBytes bounds a request body; larger ones get 413. The library
-	// itself refuses content over 1 MiB (WithMaxContentBytes) with a 400.
+	// itself refuses content over 1 MiB (WithMaxContentBytes): a 413 too.
 	maxBodyBytes = 2 << 20
 	// publishTimeout bounds each publish: how long a request waits for the
 	// hand-off and the broker's confirm. A message accepted but not yet

@@ -197,7 +197,7 @@ func TestContentTooLarge(t *testing.T) {
 	p, b := fakeProducer(t)
 	h := newMux(p, testLogger(t))
 	for name, content := range map[string]string{
-		"over the content limit": strings.Repeat("a", 1<<20+1),
+		"over the content limit":      strings.Repeat("a", 1<<20+1),
 		"escaped over the body limit": strings.Repeat(`\"`, 600<<10),
 	} {
 		t.Run(name, func(t *testing.T) {
