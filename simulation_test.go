@@ -22,6 +22,17 @@ package mlproducer_test
 // retries, often with confirms held from the start (admission must count
 // the messages waiting for their retry).
 //
+// The invariants after Close cannot see an attempt that is never resolved:
+// Close hands whatever is left to the dead-letter hook. So half the
+// schedules heal before Close (invariant 10, liveness): the publishers stop,
+// every fault is lifted (what the broker lost stays lost), and within a
+// bound computed from the configuration the Producer must be quiescent
+// (every accepted message confirmed or dead-lettered, nothing queued or
+// pending, connected, breaker closed) and confirm a new publish. A third of
+// those first stall writes for longer than the confirm timeout with
+// confirms often lost, while a few calls are made. Publishers and faults then
+// run again until Close.
+//
 // Determinism: the seed decides the configuration, the number of
 // publishers, every publisher's calls, deadlines, cancellations and sleeps
 // (one generator per publisher), and every fault and its moment (one
@@ -80,7 +91,7 @@ var simFaultKinds = [17]string{"drop", "drop", "refuse", "hangdials", "block", "
 	"hangchannels", "deleteexchange", "nackheld"}
 
 // simModes names the kinds of schedule that -sim.without can leave out.
-var simModes = []string{"poison", "nodeclare", "closerace", "heal"}
+var simModes = []string{"poison", "nodeclare", "closerace", "heal", "healstall"}
 
 func simLeftOut(name string) bool {
 	return slices.Contains(strings.Split(*simWithout, ","), name)
@@ -90,9 +101,11 @@ func simLeftOut(name string) bool {
 const simSlack = 50 * time.Millisecond
 
 // Publisher numbers (the k of their calls is number×1,000,000 + call) of the
-// publishers after healing and of the publish that checks it.
+// publishers after healing, of the calls made while healing stalls writes,
+// and of the publish that checks healing.
 const (
 	simAfterHeal = 100
+	simStall     = 800
 	simProbe     = 900
 )
 
@@ -126,6 +139,9 @@ type simConfig struct {
 	startFaults    mlproducertest.Faults
 
 	heal      bool          // before Close, lift the faults and check liveness (invariant 10)
+	healStall time.Duration // first, once connected, writes stalled this long (over the confirm timeout)
+	healLose  float64       // with this share of confirms lost
+	healBurst int           // and this many calls at once when the stall begins
 	afterHeal time.Duration // then publishers and faults again for this long, until Close
 }
 
@@ -252,7 +268,11 @@ func (c simConfig) String() string {
 			100*c.dupShare, c.startFaults.ReturnRate, c.startFaults.ConfirmDelay)
 	}
 	if c.heal {
-		s += fmt.Sprintf("; healed before Close (liveness bound %v), then %v more of publishers and faults", c.liveBound(), c.afterHeal)
+		s += "; healed before Close"
+		if c.healStall > 0 {
+			s += fmt.Sprintf(" after writes stalled for %v with %.2f of confirms lost and %d calls", c.healStall, c.healLose, c.healBurst)
+		}
+		s += fmt.Sprintf(" (liveness bound %v), then %v more of publishers and faults", c.liveBound(), c.afterHeal)
 	}
 	return s
 }
@@ -462,6 +482,13 @@ func simulate(seed uint64, res *simResult) {
 	if hrng.IntN(2) == 0 && !simLeftOut("heal") {
 		cfg.heal = true
 		cfg.afterHeal = time.Duration(hrng.Int64N(int64(cfg.runFor) + 1))
+		if hrng.IntN(3) == 0 && !simLeftOut("healstall") {
+			// A write held by back-pressure past its confirm timeout, its
+			// confirm then lost: the attempt must still time out.
+			cfg.healStall = cfg.confirmTimeout + simSlack + time.Duration(hrng.Int64N(int64(2*cfg.confirmTimeout)+1))
+			cfg.healLose = 0.3 + 0.7*hrng.Float64()
+			cfg.healBurst = 1 + hrng.IntN(3)
+		}
 	}
 	res.cfg = cfg
 	s := &simState{cfg: cfg, t0: time.Now(), seed: seed, res: res, closeDone: make(chan struct{})}
@@ -546,17 +573,24 @@ func simulate(seed uint64, res *simResult) {
 	}
 	frng := rand.New(rand.NewPCG(rng.Uint64(), rng.Uint64()))
 	stopFaults, faultsDone := startFaults(frng, cfg.holdAtStart, !cfg.noDeclare)
+	endFaults := func(lift bool) {
+		close(stopFaults)
+		<-faultsDone
+		stopFaults = nil
+		if lift {
+			s.liftFaults()
+		}
+	}
 
 	time.Sleep(cfg.runFor)
 	var after [][]*simCall
 	if cfg.heal {
-		// Liveness: lift every fault, stop the publishers, and the Producer
-		// must settle by itself (invariant 10).
-		close(stopFaults)
-		<-faultsDone
+		// Liveness: stop the publishers, lift every fault, and the
+		// Producer must settle by itself (invariant 10).
+		endFaults(false)
 		close(pubStop)
 		pubs.Wait()
-		calls = append(calls, []*simCall{s.heal(slices.Concat(calls...))})
+		calls = append(calls, s.heal(slices.Concat(calls...)))
 		// Then publishers and faults again until Close, as in any
 		// schedule, from generators of their own.
 		stopFaults, faultsDone = startFaults(rand.New(rand.NewPCG(hrng.Uint64(), hrng.Uint64())), false, true)
@@ -576,9 +610,7 @@ func simulate(seed uint64, res *simResult) {
 	racing := make([][]*simCall, cfg.racers)
 	if cfg.closeRace {
 		if cfg.raceNoConn {
-			close(stopFaults)
-			<-faultsDone
-			stopFaults = nil
+			endFaults(true)
 			s.b.RefuseDials(errors.New("sim: connection refused (Close race)"))
 			s.b.DropConnections(nil)
 		}
@@ -643,8 +675,7 @@ func simulate(seed uint64, res *simResult) {
 	deadAtClose := s.deadCount()
 
 	if stopFaults != nil {
-		close(stopFaults)
-		<-faultsDone
+		endFaults(true)
 	}
 	pubs.Wait()
 	racers.Wait()
@@ -702,19 +733,58 @@ func (s *simState) liftFaults() {
 }
 
 // heal checks liveness (invariant 10), with the fault goroutine and the
-// publishers stopped (calls are theirs): every fault is lifted, as an
-// operator would fix the broker (held confirms and events are released,
-// stalled writes and hung dials and channels proceed, the topology is
-// declared again in case it was deleted), but what is lost stays lost: a
-// confirm the broker dropped never comes, and the Producer must recover by
-// its confirm timeout; a body over the maximum message size is still
-// refused. Within liveBound, plus one session per attempt of every poison
-// message still held (each attempt costs the channel), every accepted
-// message must be final (confirmed or dead-lettered), the retry queue empty,
-// nothing pending, and the Producer connected; then a new publish must be
-// confirmed. It returns that publish's call.
-func (s *simState) heal(calls []*simCall) *simCall {
+// publishers stopped (calls are theirs) and the faults left as they were.
+// Every fault is lifted as an operator would fix the broker, but what is
+// lost stays lost: what the broker held (writes stalled or blocked, confirms
+// and events held, dials and channel calls hung) is let go first, under the
+// confirm faults in force (a confirm it then drops never comes, and the
+// Producer must recover by its confirm timeout), and only then do nacks,
+// lost confirms and refusals stop; a body over the maximum message size is
+// still refused; the topology is declared again in case it was deleted.
+// With healStall, every fault is lifted first and, once the Producer is
+// connected, writes stall with confirms often lost while healBurst calls are
+// made, for longer than the confirm timeout: the writes return after their
+// callers were answered. Within liveBound, plus one session per attempt of
+// every poison message still held (each attempt costs the channel), every
+// accepted message must be final (confirmed or dead-lettered), the retry
+// queue empty, nothing pending, the Producer connected and its breaker
+// closed; then a new publish must be confirmed. It returns the calls it
+// made, that publish last.
+func (s *simState) heal(calls []*simCall) []*simCall {
 	cfg := s.cfg
+	var made []*simCall
+	if cfg.healStall > 0 {
+		s.liftFaults()
+		s.declareTopology()
+		start := time.Now()
+		for st := s.p.Status(); (st.ConnectionState != mlproducer.Connected || st.CircuitBreakerOpen) && time.Since(start) < cfg.liveBound(); st = s.p.Status() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		s.logf("heal: every fault lifted; connected after %v; writes stall for %v, %.2f of confirms lost, %d calls", time.Since(start), cfg.healStall, cfg.healLose, cfg.healBurst)
+		s.b.SetFaults(mlproducertest.Faults{LoseConfirmRate: cfg.healLose, Seed: int64(s.seed)})
+		s.b.StallWrites(true)
+		made = make([]*simCall, cfg.healBurst)
+		var wg sync.WaitGroup
+		for i := range made {
+			made[i] = &simCall{k: simStall*1_000_000 + i}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.call(made[i], rand.New(rand.NewPCG(s.seed, simStall+uint64(i))))
+			}()
+		}
+		time.Sleep(cfg.healStall)
+		wg.Wait() // each call is back by the confirm timeout, within healStall
+		calls = append(slices.Clone(calls), made...)
+	}
+	s.logf("heal: %d calls made, publishers stopped; the broker lets go of what it holds", len(calls))
+	s.b.StallWrites(false)
+	s.b.Unblock()
+	s.b.HangChannels(false)
+	s.b.HangDials(false)
+	s.b.HoldEvents(false)
+	s.b.HoldConfirms(false)
+	synctest.Wait()
 	s.liftFaults()
 	s.declareTopology()
 	dead := map[int]bool{}
@@ -730,7 +800,7 @@ func (s *simState) heal(calls []*simCall) *simCall {
 		}
 	}
 	bound := cfg.liveBound() + time.Duration(poison*(cfg.maxRetries+1))*(cfg.reconnectMax+cfg.connectionTimeout+cfg.retryMax)
-	s.logf("heal: every fault lifted, %d calls made, publishers stopped (%d poison messages held); quiescent within %v?", len(calls), poison, bound)
+	s.logf("heal: every fault lifted (%d poison messages held); quiescent within %v?", poison, bound)
 	start := time.Now()
 	quiet := func(st mlproducer.Status) bool {
 		return st.Accepted == st.Confirmed+st.DeadLettered && st.RetryQueueSize == 0 && st.PendingConfirms == 0 &&
@@ -767,6 +837,7 @@ func (s *simState) heal(calls []*simCall) *simCall {
 	}
 
 	c := &simCall{k: simProbe * 1_000_000, what: "publish after healing", typ: mlproducer.TaskSummarization}
+	made = append(made, c)
 	c.deadline = time.Now().Add(10 * time.Second)
 	ctx, cancel := context.WithDeadline(context.Background(), c.deadline)
 	defer cancel()
@@ -779,7 +850,7 @@ func (s *simState) heal(calls []*simCall) *simCall {
 		s.violate(10, "after healing a new publish returned receipt %v, err %v after %v, not confirmed; state %v, breaker open %v, retry queue %d, pending confirms %d, last error %q",
 			c.rcpt.State, c.err, c.end.Sub(c.start), st.ConnectionState, st.CircuitBreakerOpen, st.RetryQueueSize, st.PendingConfirms, st.LastError)
 	}
-	return c
+	return made
 }
 
 // unresolved describes the accepted calls that are neither acked (a plain
@@ -928,12 +999,11 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 
 // faults applies a random fault every faultGap or so (never sooner than the
 // reconnect backoff's initial interval after the last one, see invariant 7)
-// until stop; then it lifts them all. holdConf and exchangeUp say whether
+// until stop, and leaves them as they are. holdConf and exchangeUp say whether
 // confirms are held and the exchange exists when it starts (NoDeclare: the
 // exchange is missing until the operator declares it).
 func (s *simState) faults(rng *rand.Rand, stop chan struct{}, holdConf, exchangeUp bool) {
 	var blocked, stalled, hung, held, refused, hangDials, failCh bool
-	defer s.liftFaults()
 	for {
 		gap := s.cfg.reconnectInitial + time.Duration(rng.Int64N(2*int64(s.cfg.faultGap)+1))
 		select {
