@@ -589,7 +589,7 @@ func simulate(seed uint64, res *simResult) {
 		// Producer must settle by itself (invariant 10).
 		endFaults(false)
 		close(pubStop)
-		pubs.Wait()
+		s.await(pubs.Wait, "the publishers' last calls")
 		calls = append(calls, s.heal(slices.Concat(calls...)))
 		// Then publishers and faults again until Close, as in any
 		// schedule, from generators of their own.
@@ -774,7 +774,7 @@ func (s *simState) heal(calls []*simCall) []*simCall {
 			}()
 		}
 		time.Sleep(cfg.healStall)
-		wg.Wait() // each call is back by the confirm timeout, within healStall
+		s.await(wg.Wait, "the calls made while writes stall") // each is back by the confirm timeout, within healStall
 		calls = append(slices.Clone(calls), made...)
 	}
 	s.logf("heal: %d calls made, publishers stopped; the broker lets go of what it holds", len(calls))
@@ -851,6 +851,27 @@ func (s *simState) heal(calls []*simCall) []*simCall {
 			c.rcpt.State, c.err, c.end.Sub(c.start), st.ConnectionState, st.CircuitBreakerOpen, st.RetryQueueSize, st.PendingConfirms, st.LastError)
 	}
 	return made
+}
+
+// await runs wait, which waits for publish calls to return (by the confirm
+// timeout, invariant 5) while faults may be in force. If they take much
+// longer, which check reports, every fault is lifted so that the schedule
+// ends (with the sampler ticking, fake time never stops for the bubble to
+// report a deadlock).
+func (s *simState) await(wait func(), what string) {
+	done := make(chan struct{})
+	go func() {
+		wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return
+	case <-time.After(s.cfg.confirmTimeout + 5*time.Second):
+	}
+	s.logf("heal: %s still running %v past the confirm timeout; lifting every fault", what, 5*time.Second)
+	s.liftFaults()
+	<-done
 }
 
 // unresolved describes the accepted calls that are neither acked (a plain
