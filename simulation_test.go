@@ -22,6 +22,17 @@ package mlproducer_test
 // retries, often with confirms held from the start (admission must count
 // the messages waiting for their retry).
 //
+// The invariants after Close cannot see an attempt that is never resolved:
+// Close hands whatever is left to the dead-letter hook. So half the
+// schedules heal before Close (invariant 10, liveness): the publishers stop,
+// every fault is lifted (what the broker lost stays lost), and within a
+// bound computed from the configuration the Producer must be quiescent
+// (every accepted message confirmed or dead-lettered, nothing queued or
+// pending, connected, breaker closed) and confirm a new publish. A third of
+// those first stall writes for longer than the confirm timeout with
+// confirms often lost, while a few calls are made. Publishers and faults then
+// run again until Close.
+//
 // Determinism: the seed decides the configuration, the number of
 // publishers, every publisher's calls, deadlines, cancellations and sleeps
 // (one generator per publisher), and every fault and its moment (one
@@ -80,7 +91,7 @@ var simFaultKinds = [17]string{"drop", "drop", "refuse", "hangdials", "block", "
 	"hangchannels", "deleteexchange", "nackheld"}
 
 // simModes names the kinds of schedule that -sim.without can leave out.
-var simModes = []string{"poison", "nodeclare", "closerace"}
+var simModes = []string{"poison", "nodeclare", "closerace", "heal", "healstall"}
 
 func simLeftOut(name string) bool {
 	return slices.Contains(strings.Split(*simWithout, ","), name)
@@ -88,6 +99,15 @@ func simLeftOut(name string) bool {
 
 // simSlack is the lateness allowed to every call and to Close.
 const simSlack = 50 * time.Millisecond
+
+// Publisher numbers (the k of their calls is number×1,000,000 + call) of the
+// publishers after healing, of the calls made while healing stalls writes,
+// and of the publish that checks healing.
+const (
+	simAfterHeal = 100
+	simStall     = 800
+	simProbe     = 900
+)
 
 // simConfig is what the seed decides before the schedule starts.
 type simConfig struct {
@@ -117,6 +137,24 @@ type simConfig struct {
 	dupShare       float64 // share of calls that reuse one of two caller ids
 	holdAtStart    bool    // HoldConfirms(true) from the start
 	startFaults    mlproducertest.Faults
+
+	heal      bool          // before Close, lift the faults and check liveness (invariant 10)
+	healStall time.Duration // first, once connected, writes stalled this long (over the confirm timeout)
+	healLose  float64       // with this share of confirms lost
+	healBurst int           // and this many calls at once when the stall begins
+	afterHeal time.Duration // then publishers and faults again for this long, until Close
+}
+
+// liveBound is how long, once every fault is lifted and the publishers have
+// stopped, the Producer may take to be quiescent (invariant 10): an open
+// breaker's cooldown, every attempt of a message timing out (its confirm
+// lost) and waiting for its retry, a redial after the longest reconnect
+// backoff and a connection timeout, a health check; three times that, and 5 s
+// for a transport close (2 s at most) and what drains behind.
+func (c simConfig) liveBound() time.Duration {
+	b := c.breakerCooldown + time.Duration(c.maxRetries+1)*(c.confirmTimeout+c.retryMax) +
+		c.reconnectMax + c.connectionTimeout + c.healthInterval
+	return 3*b + 5*time.Second
 }
 
 func newSimConfig(rng *rand.Rand) simConfig {
@@ -229,6 +267,13 @@ func (c simConfig) String() string {
 		s += fmt.Sprintf("; %.0f%% of calls share two caller ids; from the start returns %.2f, confirm delay %v",
 			100*c.dupShare, c.startFaults.ReturnRate, c.startFaults.ConfirmDelay)
 	}
+	if c.heal {
+		s += "; healed before Close"
+		if c.healStall > 0 {
+			s += fmt.Sprintf(" after writes stalled for %v with %.2f of confirms lost and %d calls", c.healStall, c.healLose, c.healBurst)
+		}
+		s += fmt.Sprintf(" (liveness bound %v), then %v more of publishers and faults", c.liveBound(), c.afterHeal)
+	}
 	return s
 }
 
@@ -272,10 +317,12 @@ type simResult struct {
 
 // simStats counts what the schedules exercised, for the summary.
 type simStats struct {
-	deadOutOfAttempts int // dead letters other than by Close
-	poison, poisonDLQ int // poison messages accepted; dead-lettered out of attempts
-	raced             int // calls accepted from racers
-	noDeclareDLQ      int // dead letters out of attempts in NoDeclare schedules
+	deadOutOfAttempts int           // dead letters other than by Close
+	poison, poisonDLQ int           // poison messages accepted; dead-lettered out of attempts
+	raced             int           // calls accepted from racers
+	noDeclareDLQ      int           // dead letters out of attempts in NoDeclare schedules
+	healed            int           // schedules healed before Close
+	settle            time.Duration // the longest a healed Producer took to be quiescent
 }
 
 func (a *simStats) add(b simStats) {
@@ -284,6 +331,8 @@ func (a *simStats) add(b simStats) {
 	a.poisonDLQ += b.poisonDLQ
 	a.raced += b.raced
 	a.noDeclareDLQ += b.noDeclareDLQ
+	a.healed += b.healed
+	a.settle = max(a.settle, b.settle)
 }
 
 func TestSimulation(t *testing.T) {
@@ -326,8 +375,8 @@ func TestSimulation(t *testing.T) {
 	el := time.Since(started)
 	t.Logf("simulation: %d schedules (seeds %d..%d), %d publish calls, in %v: %.0f schedules per minute; %d failed: %v",
 		n, base, base+uint64(n)-1, calls, el.Round(time.Millisecond), float64(n)/el.Minutes(), failed, seeds)
-	t.Logf("exercised: %d dead letters out of attempts (%d in NoDeclare schedules); %d poison messages accepted, %d of them dead-lettered out of attempts; %d calls accepted while racing Close",
-		stats.deadOutOfAttempts, stats.noDeclareDLQ, stats.poison, stats.poisonDLQ, stats.raced)
+	t.Logf("exercised: %d dead letters out of attempts (%d in NoDeclare schedules); %d poison messages accepted, %d of them dead-lettered out of attempts; %d calls accepted while racing Close; %d schedules healed before Close, the slowest quiescent after %v",
+		stats.deadOutOfAttempts, stats.noDeclareDLQ, stats.poison, stats.poisonDLQ, stats.raced, stats.healed, stats.settle)
 }
 
 func reportSim(t *testing.T, r simResult, detail bool) {
@@ -427,6 +476,20 @@ func (s *simState) sample() {
 func simulate(seed uint64, res *simResult) {
 	rng := rand.New(rand.NewPCG(seed, 0x51a1))
 	cfg := newSimConfig(rng)
+	// Healing has its own generator: the schedule up to it is the one the
+	// seed gave before healing existed.
+	hrng := rand.New(rand.NewPCG(seed, 0x4ea1))
+	if hrng.IntN(2) == 0 && !simLeftOut("heal") {
+		cfg.heal = true
+		cfg.afterHeal = time.Duration(hrng.Int64N(int64(cfg.runFor) + 1))
+		if hrng.IntN(3) == 0 && !simLeftOut("healstall") {
+			// A write held by back-pressure past its confirm timeout, its
+			// confirm then lost: the attempt must still time out.
+			cfg.healStall = cfg.confirmTimeout + simSlack + time.Duration(hrng.Int64N(int64(2*cfg.confirmTimeout)+1))
+			cfg.healLose = 0.3 + 0.7*hrng.Float64()
+			cfg.healBurst = 1 + hrng.IntN(3)
+		}
+	}
 	res.cfg = cfg
 	s := &simState{cfg: cfg, t0: time.Now(), seed: seed, res: res, closeDone: make(chan struct{})}
 	s.b = mlproducertest.NewBroker()
@@ -468,11 +531,15 @@ func simulate(seed uint64, res *simResult) {
 	// Publishers, each with its own generator.
 	calls := make([][]*simCall, cfg.publishers)
 	var pubs sync.WaitGroup
+	pubStop := s.closeDone
+	if cfg.heal {
+		pubStop = make(chan struct{})
+	}
 	for i := range cfg.publishers {
 		pubs.Add(1)
 		go func() {
 			defer pubs.Done()
-			calls[i] = s.publisher(i, rand.New(rand.NewPCG(seed, uint64(i)+1)))
+			calls[i] = s.publisher(i, rand.New(rand.NewPCG(seed, uint64(i)+1)), pubStop)
 		}()
 	}
 
@@ -494,24 +561,56 @@ func simulate(seed uint64, res *simResult) {
 		}
 	}()
 
-	// Faults, from the main generator, until Close has returned.
-	stopFaults := make(chan struct{})
-	faultsDone := make(chan struct{})
+	// Faults, from the main generator, until Close has returned (or until
+	// healing, and again after it).
+	startFaults := func(rng *rand.Rand, holdConf, exchangeUp bool) (stop, done chan struct{}) {
+		stop, done = make(chan struct{}), make(chan struct{})
+		go func() {
+			defer close(done)
+			s.faults(rng, stop, holdConf, exchangeUp)
+		}()
+		return stop, done
+	}
 	frng := rand.New(rand.NewPCG(rng.Uint64(), rng.Uint64()))
-	go func() {
-		defer close(faultsDone)
-		s.faults(frng, stopFaults)
-	}()
+	stopFaults, faultsDone := startFaults(frng, cfg.holdAtStart, !cfg.noDeclare)
+	endFaults := func(lift bool) {
+		close(stopFaults)
+		<-faultsDone
+		stopFaults = nil
+		if lift {
+			s.liftFaults()
+		}
+	}
+
+	time.Sleep(cfg.runFor)
+	var after [][]*simCall
+	if cfg.heal {
+		// Liveness: stop the publishers, lift every fault, and the
+		// Producer must settle by itself (invariant 10).
+		endFaults(false)
+		close(pubStop)
+		s.await(pubs.Wait, "the publishers' last calls")
+		calls = append(calls, s.heal(slices.Concat(calls...)))
+		// Then publishers and faults again until Close, as in any
+		// schedule, from generators of their own.
+		stopFaults, faultsDone = startFaults(rand.New(rand.NewPCG(hrng.Uint64(), hrng.Uint64())), false, true)
+		after = make([][]*simCall, cfg.publishers)
+		for i := range cfg.publishers {
+			pubs.Add(1)
+			go func() {
+				defer pubs.Done()
+				after[i] = s.publisher(simAfterHeal+i, rand.New(rand.NewPCG(seed, uint64(simAfterHeal+i)+1)), s.closeDone)
+			}()
+		}
+		time.Sleep(cfg.afterHeal)
+	}
 
 	// Close at a random moment with a random deadline.
-	time.Sleep(cfg.runFor)
 	var racers sync.WaitGroup
 	racing := make([][]*simCall, cfg.racers)
 	if cfg.closeRace {
 		if cfg.raceNoConn {
-			close(stopFaults)
-			<-faultsDone
-			stopFaults = nil
+			endFaults(true)
 			s.b.RefuseDials(errors.New("sim: connection refused (Close race)"))
 			s.b.DropConnections(nil)
 		}
@@ -576,8 +675,7 @@ func simulate(seed uint64, res *simResult) {
 	deadAtClose := s.deadCount()
 
 	if stopFaults != nil {
-		close(stopFaults)
-		<-faultsDone
+		endFaults(true)
 	}
 	pubs.Wait()
 	racers.Wait()
@@ -590,7 +688,7 @@ func simulate(seed uint64, res *simResult) {
 	if n := s.deadCount(); n != deadAtClose {
 		s.violate(8, "the dead-letter hook was called %d times after Close returned", n-deadAtClose)
 	}
-	s.check(slices.Concat(slices.Concat(calls...), slices.Concat(racing...)), st)
+	s.check(slices.Concat(slices.Concat(calls...), slices.Concat(after...), slices.Concat(racing...)), st)
 }
 
 func (s *simState) deadCount() int {
@@ -634,12 +732,192 @@ func (s *simState) liftFaults() {
 	s.b.NackNext(0)
 }
 
-// publisher makes random calls until Close has returned.
-func (s *simState) publisher(i int, rng *rand.Rand) []*simCall {
+// heal checks liveness (invariant 10), with the fault goroutine and the
+// publishers stopped (calls are theirs) and the faults left as they were.
+// Every fault is lifted as an operator would fix the broker, but what is
+// lost stays lost: what the broker held (writes stalled or blocked, confirms
+// and events held, dials and channel calls hung) is let go first, under the
+// confirm faults in force (a confirm it then drops never comes, and the
+// Producer must recover by its confirm timeout), and only then do nacks,
+// lost confirms and refusals stop; a body over the maximum message size is
+// still refused; the topology is declared again in case it was deleted.
+// With healStall, every fault is lifted first and, once the Producer is
+// connected, writes stall with confirms often lost while healBurst calls are
+// made, for longer than the confirm timeout: the writes return after their
+// callers were answered. Within liveBound, plus one session per attempt of
+// every poison message still held (each attempt costs the channel), every
+// accepted message must be final (confirmed or dead-lettered), the retry
+// queue empty, nothing pending, the Producer connected and its breaker
+// closed; then a new publish must be confirmed. It returns the calls it
+// made, that publish last.
+func (s *simState) heal(calls []*simCall) []*simCall {
+	cfg := s.cfg
+	var made []*simCall
+	if cfg.healStall > 0 {
+		s.liftFaults()
+		s.declareTopology()
+		start := time.Now()
+		for st := s.p.Status(); (st.ConnectionState != mlproducer.Connected || st.CircuitBreakerOpen) && time.Since(start) < cfg.liveBound(); st = s.p.Status() {
+			time.Sleep(5 * time.Millisecond)
+		}
+		s.logf("heal: every fault lifted; connected after %v; writes stall for %v, %.2f of confirms lost, %d calls", time.Since(start), cfg.healStall, cfg.healLose, cfg.healBurst)
+		s.b.SetFaults(mlproducertest.Faults{LoseConfirmRate: cfg.healLose, Seed: int64(s.seed)})
+		s.b.StallWrites(true)
+		made = make([]*simCall, cfg.healBurst)
+		var wg sync.WaitGroup
+		for i := range made {
+			made[i] = &simCall{k: simStall*1_000_000 + i}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s.call(made[i], rand.New(rand.NewPCG(s.seed, simStall+uint64(i))))
+			}()
+		}
+		time.Sleep(cfg.healStall)
+		s.await(wg.Wait, "the calls made while writes stall") // each is back by the confirm timeout, within healStall
+		calls = append(slices.Clone(calls), made...)
+	}
+	s.logf("heal: %d calls made, publishers stopped; the broker lets go of what it holds", len(calls))
+	s.b.StallWrites(false)
+	s.b.Unblock()
+	s.b.HangChannels(false)
+	s.b.HangDials(false)
+	s.b.HoldEvents(false)
+	s.b.HoldConfirms(false)
+	synctest.Wait()
+	s.liftFaults()
+	s.declareTopology()
+	dead := map[int]bool{}
+	s.deadMu.Lock()
+	for _, d := range s.dead {
+		dead[tokenOf(d.body)] = true
+	}
+	s.deadMu.Unlock()
+	poison := 0
+	for _, c := range calls {
+		if c.err == nil && c.poison && !dead[c.k] {
+			poison++
+		}
+	}
+	bound := cfg.liveBound() + time.Duration(poison*(cfg.maxRetries+1))*(cfg.reconnectMax+cfg.connectionTimeout+cfg.retryMax)
+	s.logf("heal: every fault lifted (%d poison messages held); quiescent within %v?", poison, bound)
+	start := time.Now()
+	quiet := func(st mlproducer.Status) bool {
+		return st.Accepted == st.Confirmed+st.DeadLettered && st.RetryQueueSize == 0 && st.PendingConfirms == 0 &&
+			st.ConnectionState == mlproducer.Connected
+	}
+	// The breaker may have opened on the last failures: once its cooldown
+	// is over, the health check (a millisecond later) closes it, or with no
+	// health check it lets the next publish through as its probe. Nothing
+	// can open it once every message is final and the Producer connected.
+	var quietAt time.Time
+	settled := func(st mlproducer.Status) bool {
+		if !quiet(st) {
+			quietAt = time.Time{}
+			return false
+		}
+		if quietAt.IsZero() {
+			quietAt = time.Now()
+		}
+		return !st.CircuitBreakerOpen || cfg.healthInterval == 0 && time.Since(quietAt) > cfg.breakerCooldown
+	}
+	st := s.p.Status()
+	for !settled(st) && time.Since(start) < bound {
+		time.Sleep(5 * time.Millisecond)
+		st = s.p.Status()
+	}
+	s.res.stats.healed++
+	if settled(st) {
+		s.res.stats.settle = time.Since(start)
+		s.logf("heal: quiescent after %v", time.Since(start))
+	} else {
+		s.violate(10, "%v after every fault was lifted and the publishers stopped (bound %v from the config), the Producer is not quiescent (every message final, nothing queued or pending, connected, breaker closed or past its cooldown): accepted %d, confirmed %d, dead-lettered %d (%d neither), retry queue %d, pending confirms %d, state %v, breaker open %v, last error %q; %s",
+			time.Since(start), bound, st.Accepted, st.Confirmed, st.DeadLettered, int64(st.Accepted)-int64(st.Confirmed+st.DeadLettered),
+			st.RetryQueueSize, st.PendingConfirms, st.ConnectionState, st.CircuitBreakerOpen, st.LastError, s.unresolved(calls))
+	}
+
+	c := &simCall{k: simProbe * 1_000_000, what: "publish after healing", typ: mlproducer.TaskSummarization}
+	made = append(made, c)
+	c.deadline = time.Now().Add(10 * time.Second)
+	ctx, cancel := context.WithDeadline(context.Background(), c.deadline)
+	defer cancel()
+	c.start = time.Now()
+	c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, Body: []byte(`{"sim":"simk` + strconv.Itoa(c.k) + `x"}`)})
+	c.end = time.Now()
+	s.logf("heal: a new publish: %v, %v after %v", c.rcpt.State, c.err, c.end.Sub(c.start))
+	if c.err != nil || c.rcpt.State != mlproducer.Confirmed {
+		st := s.p.Status()
+		s.violate(10, "after healing a new publish returned receipt %v, err %v after %v, not confirmed; state %v, breaker open %v, retry queue %d, pending confirms %d, last error %q",
+			c.rcpt.State, c.err, c.end.Sub(c.start), st.ConnectionState, st.CircuitBreakerOpen, st.RetryQueueSize, st.PendingConfirms, st.LastError)
+	}
+	return made
+}
+
+// await runs wait, which waits for publish calls to return (by the confirm
+// timeout, invariant 5) while faults may be in force. If they take much
+// longer, which check reports, every fault is lifted so that the schedule
+// ends (with the sampler ticking, fake time never stops for the bubble to
+// report a deadlock).
+func (s *simState) await(wait func(), what string) {
+	done := make(chan struct{})
+	go func() {
+		wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return
+	case <-time.After(s.cfg.confirmTimeout + 5*time.Second):
+	}
+	s.logf("heal: %s still running %v past the confirm timeout; lifting every fault", what, 5*time.Second)
+	s.liftFaults()
+	<-done
+}
+
+// unresolved describes the accepted calls that are neither acked (a plain
+// ack of one of their writes) nor dead-lettered, with their writes.
+func (s *simState) unresolved(calls []*simCall) string {
+	dead := map[int]bool{}
+	s.deadMu.Lock()
+	for _, d := range s.dead {
+		dead[tokenOf(d.body)] = true
+	}
+	s.deadMu.Unlock()
+	n := s.net
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []string
+	total := 0
+	for _, c := range calls {
+		if c.err != nil || dead[c.k] || slices.ContainsFunc(n.writes[c.k], func(w *simWrite) bool { return w.acked && !w.bounced }) {
+			continue
+		}
+		total++
+		if len(out) == 5 {
+			continue
+		}
+		var ws []string
+		for _, w := range n.writes[c.k] {
+			ret := "never returned"
+			if w.returned {
+				ret = fmt.Sprintf("returned at %v", w.returnedAt.Sub(s.t0).Round(time.Microsecond))
+			}
+			ws = append(ws, fmt.Sprintf("%v(attempt %d, %s, tag %d, ack %v, nack %v, return %v, channel refused it %v)",
+				w.began.Sub(s.t0).Round(time.Microsecond), w.n, ret, w.tag, w.acked, w.nacked, w.bounced, w.ch.messageClosed))
+		}
+		out = append(out, fmt.Sprintf("call %d (%s, receipt %v, started %v, returned after %v): writes %v",
+			c.k, c.what, c.rcpt.State, c.start.Sub(s.t0).Round(time.Microsecond), c.end.Sub(c.start), ws))
+	}
+	return fmt.Sprintf("%d accepted calls neither acked nor dead-lettered: %s", total, strings.Join(out, "; "))
+}
+
+// publisher makes random calls until stop is closed (Close has returned, or
+// the faults are lifted for healing).
+func (s *simState) publisher(i int, rng *rand.Rand, stop <-chan struct{}) []*simCall {
 	var out []*simCall
 	for j := 0; ; j++ {
 		select {
-		case <-s.closeDone:
+		case <-stop:
 			return out
 		default:
 		}
@@ -742,12 +1020,11 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 
 // faults applies a random fault every faultGap or so (never sooner than the
 // reconnect backoff's initial interval after the last one, see invariant 7)
-// until stop; then it lifts them all.
-func (s *simState) faults(rng *rand.Rand, stop chan struct{}) {
+// until stop, and leaves them as they are. holdConf and exchangeUp say whether
+// confirms are held and the exchange exists when it starts (NoDeclare: the
+// exchange is missing until the operator declares it).
+func (s *simState) faults(rng *rand.Rand, stop chan struct{}, holdConf, exchangeUp bool) {
 	var blocked, stalled, hung, held, refused, hangDials, failCh bool
-	holdConf := s.cfg.holdAtStart
-	exchangeUp := !s.cfg.noDeclare // NoDeclare: missing until the operator declares it
-	defer s.liftFaults()
 	for {
 		gap := s.cfg.reconnectInitial + time.Duration(rng.Int64N(2*int64(s.cfg.faultGap)+1))
 		select {
@@ -883,7 +1160,9 @@ func (s *simState) faults(rng *rand.Rand, stop chan struct{}) {
 }
 
 // declareTopology declares the Producer's default topology as an operator
-// would, on a connection of its own (its dial is left out of invariant 7).
+// would, on a connection of its own (its dial is left out of invariant 7),
+// with the arguments the Producer declares it with, so that either may
+// declare it again.
 // Call it only when no fault holds or refuses dials and channels.
 func (s *simState) declareTopology() {
 	s.opDials = append(s.opDials, time.Now())
@@ -904,7 +1183,7 @@ func (s *simState) declareTopology() {
 		return
 	}
 	for _, q := range simQueues {
-		if err := ch.QueueDeclare(q, true, nil); err != nil {
+		if err := ch.QueueDeclare(q, true, transport.Table{"x-queue-type": string(mlproducer.QueueClassic)}); err != nil {
 			s.logf("operator: %v", err)
 			return
 		}
