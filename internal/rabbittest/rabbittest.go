@@ -92,12 +92,16 @@ func Redact(rawURL string) string {
 
 // Require checks that the broker at [URL] accepts a connection (within 5 s)
 // and returns the URL. When it does not, the test is skipped, or failed when
-// the environment has CI=true. Require also takes the shared broker lock
+// the environment has CI=true. Require first takes the shared broker lock
 // (see the package documentation) until the test ends; it waits while
-// another process holds it exclusively.
+// another process holds it exclusively, since that process may have the
+// broker stopped.
 func Require(t testing.TB) string {
 	t.Helper()
 	u := URL()
+	// The lock first: a process holding it exclusively may have the broker
+	// stopped (stop_app) until it is done.
+	acquire(t, false)
 	conn, err := dial(u)
 	if err != nil {
 		msg := fmt.Sprintf("rabbittest: no RabbitMQ at %s: %v; %s", Redact(u), err, ensureHint)
@@ -107,7 +111,6 @@ func Require(t testing.TB) string {
 		t.Skip(msg)
 	}
 	_ = conn.Close()
-	acquire(t, false)
 	return u
 }
 
