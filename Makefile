@@ -4,11 +4,13 @@ GO ?= go
 .DEFAULT_GOAL := test
 .PHONY: test soak demo bench reliability rabbitmq
 
-## test: start (or install) a local RabbitMQ if needed, vet, then the whole suite with -race.
+## test: start (or install) a local RabbitMQ if needed, vet, then the whole suite with -race,
+## one package at a time (-p 1): the real-broker scenarios judge call latency, and the
+## simulation's schedules in a package beside them would take both cores.
 test:
 	bash scripts/ensure-rabbitmq.sh
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -timeout 8m ./...
+	$(GO) test -race -count=1 -p 1 -timeout 8m ./...
 
 ## soak: the seeded simulation (TestSimulation) on new random seeds for SOAK (default 30m; one
 ## unit: 90s, 45m, 2h); a failing seed prints itself and its replay command.
