@@ -63,16 +63,6 @@ func closeProducer(t *testing.T, p *mlproducer.Producer) error {
 	return p.Close(ctx)
 }
 
-func allIDs(b *mlproducertest.Broker) map[string]int {
-	ids := map[string]int{}
-	for _, q := range []string{"ml.summarization", "ml.transcription", "ml.embedding"} {
-		for _, id := range b.MessageIDs(q) {
-			ids[id]++
-		}
-	}
-	return ids
-}
-
 func TestPublishConfirmed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
@@ -196,7 +186,7 @@ func TestChaosNothingLost(t *testing.T) {
 	defer cancel()
 	require.NoError(t, p.Close(ctx))
 
-	stored := allIDs(b)
+	stored := b.StoredIDs()
 	dead := map[string]bool{}
 	for _, d := range dl.all() {
 		require.Error(t, d.Err)
