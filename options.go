@@ -88,6 +88,9 @@ type config struct {
 	appID             string
 	connectionName    string
 	limits            taskLimits
+	spoolDir          string
+	spoolCapCount     int
+	spoolCapBytes     int64
 }
 
 func defaultConfig() config {
@@ -111,6 +114,8 @@ func defaultConfig() config {
 		appID:             "mlproducer",
 		connectionName:    "mlproducer",
 		limits:            defaultTaskLimits(),
+		spoolCapCount:     1_000_000,
+		spoolCapBytes:     1 << 30,
 	}
 }
 
@@ -141,6 +146,10 @@ func (c *config) validate() error {
 		return optErr("WithRetryQueueCapacity", c.retryCapCount, "message count must be > 0")
 	case c.retryCapBytes <= 0:
 		return optErr("WithRetryQueueCapacity", c.retryCapBytes, "byte size must be > 0")
+	case c.spoolDir != "" && c.spoolCapCount <= 0:
+		return optErr("WithSpoolCapacity", c.spoolCapCount, "message count must be > 0")
+	case c.spoolDir != "" && c.spoolCapBytes <= 0:
+		return optErr("WithSpoolCapacity", c.spoolCapBytes, "byte size must be > 0")
 	case c.retryInitial <= 0 || c.retryMax < c.retryInitial:
 		return optErr("WithRetryBackoff", fmt.Sprintf("%v..%v", c.retryInitial, c.retryMax), "need 0 < initial <= max")
 	case c.reconnectInitial <= 0 || c.reconnectMax < c.reconnectInitial:
@@ -302,6 +311,27 @@ func WithRetryQueueCapacity(messages, bytes int) Option {
 	return func(c *config) { c.retryCapCount, c.retryCapBytes = messages, bytes }
 }
 
+// WithSpool makes the Producer crash-safe: every message it accepts is written
+// to an embedded store under dir and synced to disk before the publish returns
+// nil, and leaves it once confirmed or handed to the dead-letter hook. A
+// [New] on the same dir after a crash, a kill or a [Producer.Close] that ran
+// out of time sends what was left there again, with the same message id,
+// attempt count and creation time. Concurrent publishes share their syncs.
+//
+// One Producer at a time may use a dir: [New] fails at once when another
+// Producer, in this process or another, holds it. The dir is created if
+// needed. With a spool, [WithSpoolCapacity] bounds the buffer instead of
+// [WithRetryQueueCapacity], and the bodies of queued messages stay on disk
+// until they are sent. Default: no spool (memory only).
+func WithSpool(dir string) Option { return func(c *config) { c.spoolDir = dir } }
+
+// WithSpoolCapacity bounds the spool of [WithSpool] by message count and by
+// the bytes of their bodies. A publish that would pass either fails with
+// [ErrRetryQueueFull]. Default 1,000,000 messages and 1 GiB.
+func WithSpoolCapacity(messages int, bytes int64) Option {
+	return func(c *config) { c.spoolCapCount, c.spoolCapBytes = messages, bytes }
+}
+
 // WithRetryBackoff sets the exponential backoff between the attempts of one
 // message: it starts at initial, doubles with ±50% jitter, and is capped at
 // max. Default 200 ms to 10 s.
@@ -406,6 +436,7 @@ func WithConnectionName(name string) Option { return func(c *config) { c.connect
 //	ML_MAX_MESSAGE_RETRIES        retries per message
 //	ML_CIRCUIT_BREAKER_THRESHOLD  consecutive failures that open the breaker
 //	ML_CIRCUIT_BREAKER_COOLDOWN   how long the breaker stays open, milliseconds
+//	ML_SPOOL_DIR                  directory of the crash-safe spool ([WithSpool])
 //
 // A variable that is unset or empty leaves the default. A value that cannot be
 // used is an [*OptionError] naming the variable and the value; nothing falls
@@ -463,6 +494,9 @@ func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
 	cooldown, hasC, err := intVar("ML_CIRCUIT_BREAKER_COOLDOWN", 1, 86_400_000)
 	if err != nil {
 		return nil, err
+	}
+	if v, ok := get("ML_SPOOL_DIR"); ok {
+		opts = append(opts, WithSpool(v))
 	}
 	if hasT || hasC {
 		opts = append(opts, func(c *config) {
