@@ -17,12 +17,14 @@ const (
 	outCircuitOpen                 // refused: circuit breaker open
 	outQueueFull                   // refused: retry queue full
 	outContextDone                 // refused: ctx ended before the hand-off
+	outSpoolFailed                 // refused: the spool could not store it
 	numOutcomes
 )
 
 var outcomeNames = [numOutcomes]string{
 	"accepted", "confirmed", "dead_lettered", "refused_invalid",
 	"refused_closed", "refused_circuit_open", "refused_queue_full", "refused_context_done",
+	"refused_spool_failed",
 }
 
 // failure is the reason an attempt failed.

@@ -33,7 +33,7 @@ import (
 //
 // Types are summarization, transcription, embedding and unknown (an invalid
 // type); outcomes are accepted, confirmed, dead_lettered, refused_invalid,
-// refused_closed, refused_circuit_open, refused_queue_full and
+// refused_closed, refused_circuit_open, refused_queue_full, refused_spool_failed and
 // refused_context_done.
 //
 // Each call builds a small private registry; call it once and mount the

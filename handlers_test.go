@@ -127,7 +127,7 @@ func TestStatusHandler(t *testing.T) {
 		c := typed.Counters
 		assert.Len(t, c.Messages, 4)
 		for _, typ := range []string{"summarization", "transcription", "embedding", "unknown"} {
-			assert.Len(t, c.Messages[typ], 8, typ)
+			assert.Len(t, c.Messages[typ], 9, typ)
 		}
 		assert.EqualValues(t, 1, c.Messages["summarization"]["accepted"])
 		assert.EqualValues(t, 1, c.Messages["summarization"]["confirmed"])

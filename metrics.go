@@ -46,7 +46,7 @@ func newCollector(p *Producer) prometheus.Collector {
 		pendingConfirms: desc("pending_confirms",
 			"Messages sent on the current connection whose broker confirm has not arrived yet."),
 		messages: desc("messages_total",
-			"Messages by task type and outcome: accepted (taken by the Producer), confirmed (by the broker), dead_lettered (handed to the dead-letter hook), or refused_* (not taken: invalid, closed, circuit_open, queue_full, context_done). Type unknown counts publishes with an invalid task type.",
+			"Messages by task type and outcome: accepted (taken by the Producer), confirmed (by the broker), dead_lettered (handed to the dead-letter hook), or refused_* (not taken: invalid, closed, circuit_open, queue_full, context_done, spool_failed). Type unknown counts publishes with an invalid task type.",
 			"type", "outcome"),
 		attemptFailures: desc("attempt_failures_total",
 			"Failed send attempts by reason: nack (broker nacked), return (unroutable), timeout (no confirm in time), connection_lost (connection died with the message in flight).",

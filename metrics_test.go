@@ -134,7 +134,7 @@ func TestMetricsEveryLabelCombination(t *testing.T) {
 		reg := prometheus.NewPedanticRegistry()
 		p := newFake(t, b, mlproducer.WithRegisterer(reg))
 		for name, want := range map[string]int{
-			"ml_producer_messages_total":          4 * 8,
+			"ml_producer_messages_total":          4 * 9,
 			"ml_producer_attempt_failures_total":  4,
 			"ml_producer_connection_state":        1,
 			"ml_producer_confirm_latency_seconds": 1,

@@ -2,6 +2,7 @@ package mlproducer
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"errors"
 	"fmt"
@@ -75,7 +76,8 @@ type message struct {
 	id      string
 	typ     TaskType
 	body    []byte
-	created int64 // unix nanos
+	created int64  // unix nanos
+	key     uint64 // the spool's key; 0 without a spool
 
 	final    atomic.Uint32 // 0 live, finalConfirmed or finalDead
 	notified atomic.Bool
@@ -123,8 +125,13 @@ type Producer struct {
 
 	rmu   sync.Mutex // guards retry, deadq, seq and the rmu fields of messages
 	retry retryStore
-	deadq []*message
-	seq   uint64
+	spool *spool // nil without WithSpool
+
+	// capCount and capBytes bound the messages held (see hold).
+	capCount int64
+	capBytes int64
+	deadq    []*message
+	seq      uint64
 
 	// admit is held shared by every publish from its admission to its
 	// hand-off, so that Close, which takes it once after setting closing,
@@ -187,6 +194,28 @@ func New(opts ...Option) (*Producer, error) {
 	}
 	for i := range p.headers {
 		p.headers[i] = transport.Table{AttemptHeader: int32(i + 1)}
+	}
+	p.capCount = int64(cfg.retryCapCount + cfg.maxInFlight)
+	p.capBytes = int64(cfg.retryCapBytes)
+	if cfg.spoolDir != "" {
+		sp, left, err := openSpool(cfg.spoolDir, p.log)
+		if err != nil {
+			return nil, err
+		}
+		st := &spoolRetryStore{sp: sp, spill: spillHeap(left)}
+		heap.Init(&st.spill)
+		for _, e := range left {
+			st.sb += int(e.size)
+			p.heldBytes.Add(int64(e.size))
+		}
+		p.held.Add(int64(len(left)))
+		p.owned.Add(int64(len(left)))
+		p.spool, p.retry = sp, st
+		p.capCount, p.capBytes = int64(cfg.spoolCapCount), cfg.spoolCapBytes
+		if len(left) > 0 {
+			p.log.Info("mlproducer: sending the messages left in the spool",
+				slog.String("dir", cfg.spoolDir), slog.Int("messages", len(left)))
+		}
 	}
 	p.stopCtx, p.stopAll = context.WithCancel(context.Background())
 	p.breaker = newBreaker(p)
@@ -309,11 +338,11 @@ func (p *Producer) abandon(done func(error)) {
 // sent at once can come back to the retry queue when it fails, so admitting
 // by the queue's fill alone would let it grow without bound.
 func (p *Producer) hold(size int) bool {
-	if p.held.Add(1) > int64(p.cfg.retryCapCount+p.cfg.maxInFlight) {
+	if p.held.Add(1) > p.capCount {
 		p.held.Add(-1)
 		return false
 	}
-	if p.heldBytes.Add(int64(size)) > int64(p.cfg.retryCapBytes) {
+	if p.heldBytes.Add(int64(size)) > p.capBytes {
 		p.release(size)
 		return false
 	}
@@ -336,6 +365,16 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 		p.disown()
 		p.metrics.count(typ, outQueueFull)
 		return Receipt{}, ErrRetryQueueFull
+	}
+	if p.spool != nil {
+		if err := p.spool.put(m); err != nil {
+			p.admit.RUnlock()
+			done(errNotSent)
+			p.release(len(body))
+			p.disown()
+			p.metrics.count(typ, outSpoolFailed)
+			return Receipt{}, err
+		}
 	}
 	s := p.liveSession()
 	if s != nil {
@@ -388,6 +427,9 @@ func (p *Producer) confirmed(m *message) {
 		p.metrics.observeLatency(time.Duration(time.Now().UnixNano() - at))
 	}
 	m.signal(Confirmed)
+	if p.spool != nil {
+		p.spool.remove(m.key)
+	}
 	p.release(len(m.body))
 	p.disown()
 }
@@ -403,6 +445,10 @@ func (p *Producer) deadLetter(m *message, err error) {
 		Attempts: m.attempts,
 		Err:      err,
 	})
+	// Out of the spool only once the hook has it.
+	if p.spool != nil {
+		p.spool.remove(m.key)
+	}
 	p.release(len(m.body))
 	p.disown()
 }
@@ -499,10 +545,19 @@ drain:
 	p.wg.Wait()
 
 	p.flushDeadLetters()
-	left := 0
-	for {
+	left, kept := 0, 0
+	if p.spool != nil {
+		// What is unconfirmed stays in the spool for the next start.
 		p.rmu.Lock()
-		m := p.retry.pop()
+		kept = p.retry.len()
+		p.rmu.Unlock()
+		if err := p.spool.close(); err != nil {
+			p.log.Error("mlproducer: closing the spool", slog.Any("error", err))
+		}
+	}
+	for p.spool == nil {
+		p.rmu.Lock()
+		m, _ := p.retry.pop()
 		p.rmu.Unlock()
 		if m == nil {
 			break
@@ -522,12 +577,15 @@ drain:
 	if p.cfg.registerer != nil {
 		p.cfg.registerer.Unregister(p.collector)
 	}
-	if left > 0 {
-		if cause == nil {
-			cause = errors.New("no connection")
-		}
-		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, handed to the dead-letter hook (%w)", left, cause)
+	if cause == nil && left+kept > 0 {
+		cause = errors.New("no connection")
 	}
-	p.log.Info("mlproducer: closed", slog.Int("deadLettered", left))
+	switch {
+	case left > 0:
+		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, handed to the dead-letter hook (%w)", left, cause)
+	case kept > 0:
+		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, left in the spool %s for the next start (%w)", kept, p.cfg.spoolDir, cause)
+	}
+	p.log.Info("mlproducer: closed", slog.Int("deadLettered", left), slog.Int("leftInSpool", kept))
 	return p.closeErr
 }

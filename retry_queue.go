@@ -2,6 +2,7 @@ package mlproducer
 
 import (
 	"container/heap"
+	"log/slog"
 	"time"
 )
 
@@ -11,12 +12,15 @@ import (
 // the Producer serialises calls under its retry lock.
 type retryStore interface {
 	// push adds m, due at m.due. It never refuses: admission is decided by
-	// the caller with len and bytes.
-	push(m *message)
-	// peek returns the message due first, or nil.
-	peek() *message
-	// pop removes and returns the message due first, or nil.
-	pop() *message
+	// the caller with len and bytes. spill says that no attempt of m can
+	// still be confirmed, so the store may keep m on disk only and give back
+	// another *message for it from pop.
+	push(m *message, spill bool)
+	// peekDue returns when the first message is due, or false when empty.
+	peekDue() (int64, bool)
+	// pop removes and returns the message due first, or nil when empty. An
+	// error (a store that cannot be read) leaves the message in the store.
+	pop() (*message, error)
 	// remove takes m out of the store and reports whether it was there.
 	remove(m *message) bool
 	// len is the number of messages held.
@@ -31,25 +35,25 @@ type memRetryStore struct {
 	total int
 }
 
-func (s *memRetryStore) push(m *message) {
+func (s *memRetryStore) push(m *message, _ bool) {
 	heap.Push(&s.h, m)
 	s.total += len(m.body)
 }
 
-func (s *memRetryStore) peek() *message {
+func (s *memRetryStore) peekDue() (int64, bool) {
 	if len(s.h) == 0 {
-		return nil
+		return 0, false
 	}
-	return s.h[0]
+	return s.h[0].due, true
 }
 
-func (s *memRetryStore) pop() *message {
+func (s *memRetryStore) pop() (*message, error) {
 	if len(s.h) == 0 {
-		return nil
+		return nil, nil
 	}
 	m := heap.Pop(&s.h).(*message)
 	s.total -= len(m.body)
-	return m
+	return m, nil
 }
 
 func (s *memRetryStore) remove(m *message) bool {
@@ -128,20 +132,15 @@ func (p *Producer) sendDue() time.Duration {
 			return 0
 		}
 		p.rmu.Lock()
-		m := p.retry.peek()
-		if m == nil {
+		due, ok := p.retry.peekDue()
+		if !ok {
 			p.rmu.Unlock()
 			return 0
 		}
 		now := time.Now()
-		if d := time.Duration(m.due - now.UnixNano()); d > 0 {
+		if d := time.Duration(due - now.UnixNano()); d > 0 {
 			p.rmu.Unlock()
 			return d
-		}
-		if m.final.Load() != 0 {
-			p.retry.pop()
-			p.rmu.Unlock()
-			continue
 		}
 		// Wait out an open breaker rather than hammering the broker.
 		if d := p.breaker.waitOpen(); d > 0 {
@@ -160,14 +159,30 @@ func (p *Producer) sendDue() time.Duration {
 			s.release()
 			return halfOpenRecheck
 		}
-		p.retry.pop()
+		m, err := p.retry.pop()
 		p.rmu.Unlock()
+		if m == nil || m.final.Load() != 0 {
+			// Empty after all, a store that cannot be read (try again in
+			// a while: the message stays there), or a message confirmed
+			// meanwhile by an earlier attempt.
+			s.release()
+			done(errNotSent)
+			if err != nil {
+				p.log.Error("mlproducer: cannot read the spool; retrying", slog.Any("error", err))
+				return spoolReadRetry
+			}
+			continue
+		}
 		if m.sends.Load() > 0 {
 			p.metrics.retried.Add(1)
 		}
 		s.enqueue(m, done)
 	}
 }
+
+// spoolReadRetry is how long the retry loop waits after the spool failed to
+// give back a message.
+const spoolReadRetry = time.Second
 
 // halfOpenRecheck is how often the retry loop looks at a half-open breaker
 // whose probe it does not own.
@@ -177,10 +192,10 @@ const halfOpenRecheck = 50 * time.Millisecond
 // attempt (its connection died, or it never left). It never refuses.
 func (p *Producer) requeue(m *message, due time.Time) {
 	p.rmu.Lock()
-	if m.final.Load() == 0 && m.heapIndex < 0 {
+	if m.final.Load() == 0 && m.heapIndex == -1 {
 		m.due = due.UnixNano()
 		m.seq = p.nextSeq()
-		p.retry.push(m)
+		p.retry.push(m, true)
 	}
 	p.rmu.Unlock()
 	m.signal(Queued)
@@ -191,7 +206,7 @@ func (p *Producer) requeue(m *message, due time.Time) {
 // and either schedules the next one with backoff or dead-letters m.
 func (p *Producer) failAttempt(m *message, err error) {
 	p.rmu.Lock()
-	if m.final.Load() != 0 || m.heapIndex >= 0 {
+	if m.final.Load() != 0 || m.heapIndex != -1 {
 		// Confirmed meanwhile by another attempt, or already waiting.
 		p.rmu.Unlock()
 		return
@@ -211,7 +226,11 @@ func (p *Producer) failAttempt(m *message, err error) {
 	}
 	m.due = time.Now().Add(p.backoffFor(m)).UnixNano()
 	m.seq = p.nextSeq()
-	p.retry.push(m)
+	// A late confirm of the failed attempt may still come: m stays itself.
+	p.retry.push(m, false)
+	if p.spool != nil {
+		p.spool.setAttempts(m)
+	}
 	p.rmu.Unlock()
 	m.signal(Queued)
 	p.wakeRetry()
@@ -221,6 +240,10 @@ func (p *Producer) failAttempt(m *message, err error) {
 func (p *Producer) backoffFor(m *message) time.Duration {
 	if m.backoff == nil {
 		m.backoff = p.newRetryBackoff()
+		// A message read back from the spool continues its backoff.
+		for i := 1; i < m.attempts; i++ {
+			m.backoff.NextBackOff()
+		}
 	}
 	return m.backoff.NextBackOff()
 }
@@ -229,13 +252,14 @@ func (p *Producer) backoffFor(m *message) time.Duration {
 // connection, a blocked one, or no room on it), if the queue has room.
 func (p *Producer) enqueueRetry(m *message) bool {
 	p.rmu.Lock()
-	if p.retry.len() >= p.cfg.retryCapCount || p.retry.bytes()+len(m.body) > p.cfg.retryCapBytes {
+	// With a spool, hold already decided by the spool's capacity.
+	if p.spool == nil && (p.retry.len() >= p.cfg.retryCapCount || p.retry.bytes()+len(m.body) > p.cfg.retryCapBytes) {
 		p.rmu.Unlock()
 		return false
 	}
 	m.due = time.Now().UnixNano()
 	m.seq = p.nextSeq()
-	p.retry.push(m)
+	p.retry.push(m, true)
 	p.rmu.Unlock()
 	m.signal(Queued)
 	p.wakeRetry()

@@ -24,13 +24,14 @@ func BenchmarkRetryQueuePushPop(b *testing.B) {
 				return m
 			}
 			for range depth {
-				s.push(next(&message{body: body, heapIndex: -1}))
+				s.push(next(&message{body: body, heapIndex: -1}), true)
 			}
 			m := next(&message{body: body, heapIndex: -1})
 			b.ReportAllocs()
 			for b.Loop() {
-				s.push(m)
-				m = next(s.pop())
+				s.push(m, true)
+				got, _ := s.pop()
+				m = next(got)
 			}
 			if s.len() != depth {
 				b.Fatalf("store holds %d, want %d", s.len(), depth)
