@@ -445,9 +445,12 @@ func (p *Producer) deadLetter(m *message, err error) {
 		Attempts: m.attempts,
 		Err:      err,
 	})
-	// Out of the spool only once the hook has it.
+	// Out of the spool only once the hook has it, and for good.
 	if p.spool != nil {
-		p.spool.remove(m.key)
+		if err := p.spool.removeNow(m.key); err != nil && !errors.Is(err, ErrClosed) {
+			p.log.Error("mlproducer: cannot remove a dead-lettered message from the spool; it may be sent again after a restart",
+				slog.String("messageId", m.id), slog.Any("error", err))
+		}
 	}
 	p.release(len(m.body))
 	p.disown()

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -126,8 +127,13 @@ type spool struct {
 	nextKey uint64
 	closed  bool
 
-	quit chan struct{}
-	wg   sync.WaitGroup
+	quit   chan struct{}
+	exited chan struct{} // closed when the committer returns
+	wg     sync.WaitGroup
+
+	// crashed makes the committer stop without committing what is pending,
+	// as a killed process would (tests only).
+	crashed atomic.Bool
 }
 
 // spillEntry is a message whose body is only on disk: 24 bytes of heap each,
@@ -166,7 +172,7 @@ func openSpool(dir string, log *slog.Logger) (sp *spool, left []spillEntry, err 
 		}
 		return nil, nil, fmt.Errorf("mlproducer: cannot open the spool %s: %w (a file that is not a spool, or a damaged one: move it aside)", path, err)
 	}
-	sp = &spool{dir: dir, db: db, log: log, puts: make(chan *putReq, spoolMaxGroup), ops: make(map[uint64][]byte), quit: make(chan struct{})}
+	sp = &spool{dir: dir, db: db, log: log, puts: make(chan *putReq, spoolMaxGroup), ops: make(map[uint64][]byte), quit: make(chan struct{}), exited: make(chan struct{})}
 	if left, err = sp.recover(path); err != nil {
 		_ = db.Close()
 		return nil, nil, err
@@ -267,12 +273,7 @@ func (sp *spool) put(m *message) error {
 	if closed {
 		return ErrClosed
 	}
-	select {
-	case sp.puts <- r:
-	case <-sp.quit:
-		return ErrClosed
-	}
-	if err := <-r.done; err != nil {
+	if err := sp.await(r); err != nil {
 		return fmt.Errorf("%w: %v (free disk space under %s; publishes are accepted again once a write succeeds)", ErrSpoolUnavailable, err, sp.dir)
 	}
 	return nil
@@ -287,6 +288,42 @@ func (sp *spool) remove(key uint64) {
 	sp.mu.Lock()
 	sp.ops[key] = nil
 	sp.mu.Unlock()
+}
+
+// removeNow deletes the record of key and waits for the sync: a message
+// handed to the dead-letter hook must not come back after a crash.
+func (sp *spool) removeNow(key uint64) error {
+	if key == 0 {
+		return nil
+	}
+	sp.remove(key)
+	return sp.sync()
+}
+
+// sync waits until everything queued so far is committed and synced.
+func (sp *spool) sync() error {
+	return sp.await(&putReq{done: make(chan error, 1)}) // no value: a flush
+}
+
+// await hands r to the committer and waits for its commit. A request the
+// committer did not take before it stopped fails with ErrClosed.
+func (sp *spool) await(r *putReq) error {
+	select {
+	case sp.puts <- r:
+	case <-sp.quit:
+		return ErrClosed
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case <-sp.exited:
+		select {
+		case err := <-r.done:
+			return err
+		default:
+			return ErrClosed
+		}
+	}
 }
 
 // setAttempts rewrites the record of m with its attempt count, without a
@@ -351,6 +388,7 @@ func (sp *spool) safely(f func() error) (err error) {
 // run is the committer: the only goroutine that writes to the store.
 func (sp *spool) run() {
 	defer sp.wg.Done()
+	defer close(sp.exited)
 	tick := time.NewTicker(spoolFlushEvery)
 	defer tick.Stop()
 	batch := make([]*putReq, 0, spoolMaxGroup)
@@ -363,6 +401,9 @@ func (sp *spool) run() {
 		case <-tick.C:
 		case <-sp.quit:
 			stopping = true
+			if sp.crashed.Load() {
+				return
+			}
 		}
 	more:
 		for len(batch) < spoolMaxGroup {
@@ -404,6 +445,9 @@ func (sp *spool) commit(batch []*putReq) error {
 			}
 			b.FillPercent = 0.9 // keys only grow: pack the pages
 			for _, r := range batch {
+				if r.val == nil {
+					continue // a flush: the commit itself is what it waits for
+				}
 				if err := b.Put(spoolKey(r.key), r.val); err != nil {
 					return err
 				}
