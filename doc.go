@@ -89,6 +89,17 @@
 // then the connection closes and whatever is still unconfirmed goes to the
 // dead-letter hook; the error says how many. No goroutine survives Close.
 //
+// # Crash-safe spool
+//
+// With [WithSpool] the Producer keeps every accepted message in an embedded
+// store (go.etcd.io/bbolt) under a dir, synced before the publish returns
+// nil, and removes it once confirmed or dead-lettered. A crash, a kill or a
+// Close that ran out of time leaves the unconfirmed messages there, and the
+// next [New] on the dir sends them with the same id, attempt count and
+// creation time. Close then leaves, rather than dead-letters, what is still
+// unconfirmed at its deadline. A failing disk refuses new publishes with
+// [ErrSpoolUnavailable] and loses nothing accepted.
+//
 // # Observability
 //
 // [Producer.Status] reports the connection state, reconnect attempts, breaker,

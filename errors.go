@@ -18,6 +18,12 @@ var (
 	// retry queue and the queue is at its count or byte capacity
 	// ([WithRetryQueueCapacity]). The message was not taken.
 	ErrRetryQueueFull = errors.New("mlproducer: retry queue full")
+	// ErrSpoolUnavailable is returned by a publish when the spool of
+	// [WithSpool] could not store the message (disk full, I/O error); the
+	// error wrapping it names the cause and the dir. The message was not
+	// taken. Publishes are accepted again as soon as a write of the store
+	// succeeds: free disk space under the dir.
+	ErrSpoolUnavailable = errors.New("mlproducer: the spool cannot store the message")
 	// ErrInvalidTask is wrapped by every [*InvalidTaskError]. The message was
 	// not taken.
 	ErrInvalidTask = errors.New("mlproducer: invalid task")

@@ -322,7 +322,9 @@ func WithRetryQueueCapacity(messages, bytes int) Option {
 // Producer, in this process or another, holds it. The dir is created if
 // needed. With a spool, [WithSpoolCapacity] bounds the buffer instead of
 // [WithRetryQueueCapacity], and the bodies of queued messages stay on disk
-// until they are sent. Default: no spool (memory only).
+// until they are sent. The sync before a publish returns waits for the disk,
+// not for the publish's ctx: a message must not be reported "not taken" and
+// then be found in the spool. Default: no spool (memory only).
 func WithSpool(dir string) Option { return func(c *config) { c.spoolDir = dir } }
 
 // WithSpoolCapacity bounds the spool of [WithSpool] by message count and by

@@ -513,7 +513,9 @@ func (p *Producer) setState(st ConnectionState) {
 // publishes fail with [ErrClosed] at once; the messages it owns are given
 // until ctx ends to be confirmed; then the connection is closed and every
 // message still unconfirmed goes to the dead-letter hook. The error says how
-// many. No goroutine of the Producer survives Close. Calling Close again
+// many. With [WithSpool], the unconfirmed messages stay in the spool for the
+// next [New] on its dir instead, the error says how many were left, and the
+// dir is released. No goroutine of the Producer survives Close. Calling Close again
 // waits for the first call and returns its result.
 func (p *Producer) Close(ctx context.Context) error {
 	p.closeMu.Lock()

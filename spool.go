@@ -19,12 +19,6 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
-// ErrSpoolUnavailable is returned by a publish when the spool of [WithSpool]
-// could not store the message (disk full, I/O error). The message was not
-// taken. Publishes are accepted again as soon as the store's writes succeed:
-// free disk space under the spool's dir.
-var ErrSpoolUnavailable = errors.New("mlproducer: the spool cannot store the message")
-
 // spoolFile is the store's file inside the spool dir.
 const spoolFile = "mlproducer-spool.db"
 
