@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"testing/synctest"
@@ -173,4 +175,36 @@ func TestSpoolKeepsAttemptsAcrossARestart(t *testing.T) {
 		require.NoError(t, closeProducer(t, p2))
 		assert.Equal(t, 4, dl.all()[0].Attempts, "1 attempt before the restart, 3 after")
 	})
+}
+
+// Another process holding the dir (here flock(1) on the spool's file, the
+// lock bbolt takes) makes New fail at once, naming the dir.
+func TestSpoolDirHeldByAnotherProcess(t *testing.T) {
+	flock, err := exec.LookPath("flock")
+	require.NoError(t, err, "flock(1) from util-linux is needed")
+	dir := t.TempDir()
+	b := mlproducertest.NewBroker()
+	defer b.Close()
+	p := newFake(t, b, mlproducer.WithSpool(dir))
+	require.NoError(t, closeProducer(t, p))
+
+	holder := exec.Command(flock, "--exclusive", "--close", filepath.Join(dir, "mlproducer-spool.db"), "sh", "-c", "echo locked; exec sleep 60")
+	out, err := holder.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, holder.Start())
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	line := make([]byte, 7)
+	_, err = io.ReadFull(out, line)
+	require.NoError(t, err)
+	require.Equal(t, "locked\n", string(line))
+
+	_, err = mlproducer.New(mlproducer.WithDialer(b), mlproducer.WithSpool(dir))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), dir)
+	assert.Contains(t, err.Error(), "in use")
+
+	require.NoError(t, holder.Process.Kill())
+	_ = holder.Wait()
+	p = newFake(t, b, mlproducer.WithSpool(dir))
+	require.NoError(t, closeProducer(t, p))
 }
