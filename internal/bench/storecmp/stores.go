@@ -58,6 +58,11 @@ func storeCases() []storeCase {
 			open: func(dir string, o options) (store, error) { return openBolt(dir, o, true, false) },
 		},
 		{
+			name: "bbolt-committer",
+			desc: "one committer goroutine: every put waiting + deletes queued since, one db.Update (the spool's design)",
+			open: openBoltCommitter,
+		},
+		{
 			name: "bbolt-batch-piggy",
 			desc: "db.Batch(Put + deletes queued since the last tx); Delete only queues",
 			open: func(dir string, o options) (store, error) { return openBolt(dir, o, true, true) },
@@ -278,4 +283,84 @@ func key(n uint64) []byte {
 	copy(k, "msg-")
 	binary.BigEndian.PutUint64(k[8:], n)
 	return k
+}
+
+// ---- bbolt with a committer (what spool.go does) ----
+
+// commitReq is one put waiting for its group's commit.
+type commitReq struct {
+	k, v []byte
+	done chan error
+}
+
+// committerStore gives bbolt group commit without a batch delay: one goroutine
+// takes the first put waiting, then every other one already queued, and
+// commits them with the deletes queued since in one transaction (two syncs).
+// A lone caller waits for nobody; 64 callers share a transaction.
+type committerStore struct {
+	*boltStore
+	reqs chan *commitReq
+	quit chan struct{}
+	wg   sync.WaitGroup
+}
+
+func openBoltCommitter(dir string, o options) (store, error) {
+	st, err := openBolt(dir, o, false, true)
+	if err != nil {
+		return nil, err
+	}
+	s := &committerStore{boltStore: st.(*boltStore), reqs: make(chan *commitReq, 1024), quit: make(chan struct{})}
+	s.wg.Add(1)
+	go s.run()
+	return s, nil
+}
+
+func (s *committerStore) run() {
+	defer s.wg.Done()
+	group := make([]*commitReq, 0, 1024)
+	for {
+		group = group[:0]
+		select {
+		case r := <-s.reqs:
+			group = append(group, r)
+		case <-s.quit:
+			return
+		}
+	more:
+		for len(group) < cap(group) {
+			select {
+			case r := <-s.reqs:
+				group = append(group, r)
+			default:
+				break more
+			}
+		}
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			b := tx.Bucket(bucket)
+			if err := s.drain(b); err != nil {
+				return err
+			}
+			for _, r := range group {
+				if err := b.Put(r.k, r.v); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		for _, r := range group {
+			r.done <- err
+		}
+	}
+}
+
+func (s *committerStore) put(k, v []byte) error {
+	r := &commitReq{k: k, v: v, done: make(chan error, 1)}
+	s.reqs <- r
+	return <-r.done
+}
+
+func (s *committerStore) close() error {
+	close(s.quit)
+	s.wg.Wait()
+	return s.boltStore.close()
 }
