@@ -29,56 +29,6 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// cutter cuts the proxy's path to the broker: a black hole, and half the
-// time every connection reset every 50 ms as well (a refusing broker rather
-// than a silent one).
-type cutter struct {
-	px   *faults.Proxy
-	n    int
-	quit chan struct{}
-	wg   sync.WaitGroup
-}
-
-func (c *cutter) cut() error {
-	if err := c.px.BlackHole(); err != nil {
-		return err
-	}
-	c.n++
-	if c.n%2 == 0 {
-		return nil
-	}
-	c.quit = make(chan struct{})
-	c.wg.Add(1)
-	go func() {
-		defer c.wg.Done()
-		t := time.NewTicker(50 * time.Millisecond)
-		defer t.Stop()
-		for {
-			_ = c.px.ResetPeers()
-			select {
-			case <-c.quit:
-				return
-			case <-t.C:
-			}
-		}
-	}()
-	return nil
-}
-
-func (c *cutter) restore() error {
-	if c.quit != nil {
-		close(c.quit)
-		c.wg.Wait()
-		c.quit = nil
-	}
-	if err := c.px.Clear(); err != nil {
-		return err
-	}
-	// Black-holed connections stay dead: end them now rather than at the
-	// child's heartbeat timeout.
-	return c.px.ResetPeers()
-}
-
 // Kill test on the real broker (issue 10): a child publishing from 64
 // goroutines with the spool is killed with SIGKILL at least 12 times at
 // random moments (some while the broker is cut off, some in the middle of
@@ -109,9 +59,9 @@ func TestKillLoopLosesNoAcceptedMessage(t *testing.T) {
 
 	px, err := faults.Start(u.Host)
 	require.NoError(t, err)
-	cut := &cutter{px: px}
+	cut := spoolchild.NewProxyCut(px, true)
 	t.Cleanup(func() {
-		_ = cut.restore()
+		_ = cut.Restore()
 		_ = px.Close()
 	})
 
@@ -125,8 +75,8 @@ func TestKillLoopLosesNoAcceptedMessage(t *testing.T) {
 		Exchange:  name,
 		NoDeclare: true,
 		Kills:     12,
-		Cut:       cut.cut,
-		Restore:   cut.restore,
+		Cut:       cut.Cut,
+		Restore:   cut.Restore,
 		Logf:      t.Logf,
 	})
 	t.Logf("kill loop: seed %d, %d starts in %s: %d kills (%d mid-outage, %d mid-Close), %d Closes finished first %v; %d accepted",
