@@ -5,6 +5,10 @@
 // network partition, or all of these at random), then closes the Producer and
 // checks the outcome by consuming what arrived.
 //
+// Two more scenarios, [Crash] and [LongOutage], check the crash-safe spool
+// of issue 10 (WithSpool); they take longer and are run only when named
+// ([Extra]), not by "all".
+//
 // It is shared by examples/reliability (the command the NestJS service's
 // guide promised as ./test-ml-producer-reliability.js) and by this package's
 // tests, which run every scenario with short settings.
