@@ -21,7 +21,7 @@
 // Configuration comes from the environment: the library's variables
 // (RABBITMQ_URL, RABBITMQ_HEARTBEAT, RABBITMQ_CONNECTION_TIMEOUT,
 // ML_MAX_MESSAGE_RETRIES, ML_CIRCUIT_BREAKER_THRESHOLD,
-// ML_CIRCUIT_BREAKER_COOLDOWN) and:
+// ML_CIRCUIT_BREAKER_COOLDOWN, ML_SPOOL_DIR) and:
 //
 //	HTTP_ADDR       listen address (default ":3001")
 //	LOG_FORMAT      "text" (default) or "json"
@@ -29,11 +29,20 @@
 //	SHUTDOWN_DELAY  time between SIGTERM and closing the listener, while
 //	                /readyz already fails (default 0s; e.g. 5s behind a load balancer)
 //
+// ML_SPOOL_DIR turns on the crash-safe spool (mlproducer.WithSpool): every
+// task is written to a store in that dir, synced, before the gateway answers
+// 202, so that a kill -9, an OOM kill or a shutdown that runs out of time
+// loses nothing; the next gateway started on the same dir sends what is left
+// there. One gateway per dir: a second one on a dir in use exits 2. The README
+// ("Running with a spool (Kubernetes)") says which volume to use.
+//
 // On SIGTERM or SIGINT it stops accepting requests and waits up to 10 s for
 // those in progress, then closes the Producer, giving the tasks it still
 // holds up to 10 s to be confirmed. It exits 0 when every accepted task was
-// confirmed, 1 otherwise (the rest were logged as dead letters), 2 on a
-// configuration error.
+// confirmed, 1 otherwise: without a spool the rest were logged as dead
+// letters, with ML_SPOOL_DIR they stay in the spool for the next start; 2 on
+// a configuration error. Give the pod a terminationGracePeriodSeconds above
+// SHUTDOWN_DELAY + 20 s so that both waits can run out before the kill.
 package main
 
 import (
@@ -164,7 +173,8 @@ func closeProducer(logger *slog.Logger, p *mlproducer.Producer) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
 	defer cancel()
 	if err := p.Close(ctx); err != nil {
-		logger.Error("producer closed with undelivered tasks", slog.Any("error", err))
+		// With ML_SPOOL_DIR the error says how many stay in the spool.
+		logger.Error("producer closed with unconfirmed tasks", slog.Any("error", err))
 		return false
 	}
 	return true

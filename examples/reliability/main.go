@@ -2,6 +2,18 @@
 // as the NestJS service's ./test-ml-producer-reliability.js did:
 //
 //	go run ./examples/reliability all|connection-resilience|message-retry|circuit-breaker|flow-control|broker-restart|partition|chaos [-duration 60s]
+//	go run ./examples/reliability crash [-kills 12]
+//	go run ./examples/reliability long-outage [-outage 2m]
+//
+// The last two are about the crash-safe spool (WithSpool) and are not part
+// of "all": crash starts this program again as a publishing child process
+// and kills it with SIGKILL at least 12 times (while publishing, while the
+// broker is cut off, in the middle of Close), restarting it on the same spool
+// dir, then checks that every message a child accepted arrived (duplicates
+// are counted, not failed); long-outage makes the broker refuse connections
+// for 2 minutes under load and checks that no publish is refused while the
+// spool has room, that everything is delivered after, and how soon the first
+// confirm comes once the broker is back.
 //
 // Each scenario drives a real Producer while a fault hits it, then checks by
 // consuming what arrived that no accepted message was lost, that no publish
@@ -35,9 +47,14 @@ import (
 	"time"
 
 	"github.com/mlproducer/mlproducer/internal/reliability"
+	"github.com/mlproducer/mlproducer/internal/spoolchild"
 )
 
 func main() {
+	// The crash scenario runs this program again as its child.
+	if spoolchild.IsChild() {
+		os.Exit(spoolchild.Main())
+	}
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
@@ -47,11 +64,17 @@ func run(args []string, stdout, stderr io.Writer) int {
 	duration := fs.Duration("duration", 60*time.Second, "how long the chaos scenario publishes")
 	goroutines := fs.Int("goroutines", 64, "publisher goroutines of the chaos scenario")
 	publishers := fs.Int("publishers", 16, "publisher goroutines of the other scenarios")
-	seed := fs.Uint64("seed", 0, "seed of the chaos scenario's faults (0: from the clock)")
+	seed := fs.Uint64("seed", 0, "seed of the chaos scenario's faults and of the crash scenario's kills (0: from the clock)")
+	kills := fs.Int("kills", 12, "least number of SIGKILLs of the crash scenario")
+	outage := fs.Duration("outage", 2*time.Minute, "how long the broker refuses connections in the long-outage scenario")
 	verbose := fs.Bool("v", false, "show progress and the Producers' warnings on stderr")
 	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: reliability all|%s [flags]\n\nscenarios:\n", strings.Join(reliability.Names(), "|"))
+		fmt.Fprintf(stderr, "usage: reliability all|%s [flags]\n\nscenarios (all runs these):\n", strings.Join(append(reliability.Names(), reliability.Extra()...), "|"))
 		for _, n := range reliability.Names() {
+			fmt.Fprintf(stderr, "  %-22s %s\n", n, reliability.Describe(n))
+		}
+		fmt.Fprintln(stderr, "\nscenarios of the spool (WithSpool), run one at a time, not by all:")
+		for _, n := range reliability.Extra() {
 			fmt.Fprintf(stderr, "  %-22s %s\n", n, reliability.Describe(n))
 		}
 		fmt.Fprintln(stderr, "\nflags:")
@@ -79,7 +102,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	list := []string{names[0]}
 	if names[0] == "all" {
 		list = reliability.Names()
-	} else if !slices.Contains(reliability.Names(), names[0]) {
+	} else if !slices.Contains(reliability.Names(), names[0]) && !slices.Contains(reliability.Extra(), names[0]) {
 		fmt.Fprintf(stderr, "reliability: unknown scenario %q\n", names[0])
 		fs.Usage()
 		return 2
@@ -90,6 +113,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		ChaosPublishers: *goroutines,
 		Publishers:      *publishers,
 		Seed:            *seed,
+		CrashKills:      *kills,
+		OutageDuration:  *outage,
 	}
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

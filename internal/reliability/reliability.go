@@ -5,6 +5,10 @@
 // network partition, or all of these at random), then closes the Producer and
 // checks the outcome by consuming what arrived.
 //
+// Two more scenarios, [Crash] and [LongOutage], check the crash-safe spool
+// of issue 10 (WithSpool); they take longer and are run only when named
+// ([Extra]), not by "all".
+//
 // It is shared by examples/reliability (the command the NestJS service's
 // guide promised as ./test-ml-producer-reliability.js) and by this package's
 // tests, which run every scenario with short settings.
@@ -94,12 +98,14 @@ const (
 	Chaos = "chaos"
 )
 
-// Names returns the names of every scenario, in the order "all" runs them.
+// Names returns the names of the scenarios "all" runs, in its order; see
+// [Extra] for the others.
 func Names() []string {
-	list := scenarios()
-	out := make([]string, len(list))
-	for i, s := range list {
-		out[i] = s.name
+	var out []string
+	for _, s := range scenarios() {
+		if !s.extra {
+			out = append(out, s.name)
+		}
 	}
 	return out
 }
@@ -133,6 +139,17 @@ type Config struct {
 	// Seed seeds the chaos scenario's choice of faults; 0 takes one from the
 	// clock. The seed used is reported in the result's notes.
 	Seed uint64
+	// CrashKills is the least number of SIGKILLs of the crash scenario.
+	// Default 12.
+	CrashKills int
+	// ChildCommand is the program the crash scenario starts as its
+	// publishing child, with its arguments. It must call IsChild and Main
+	// of [github.com/mlproducer/mlproducer/internal/spoolchild] first
+	// thing, as examples/reliability does. Default: this program (os.Executable).
+	ChildCommand []string
+	// OutageDuration is how long the broker refuses connections in the
+	// long-outage scenario. Default 2 minutes.
+	OutageDuration time.Duration
 	// Logger is the Producers' logger. Default: their logs are discarded.
 	Logger *slog.Logger
 	// Logf receives progress messages, one call per line, from the
@@ -152,6 +169,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Publishers <= 0 {
 		c.Publishers = 16
+	}
+	if c.CrashKills <= 0 {
+		c.CrashKills = 12
+	}
+	if c.OutageDuration <= 0 {
+		c.OutageDuration = 2 * time.Minute
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
@@ -274,7 +297,7 @@ func (r *Runner) Run(ctx context.Context, name string) Result {
 	list := scenarios()
 	i := slices.IndexFunc(list, func(s scenario) bool { return s.name == name })
 	if i < 0 {
-		return Result{Name: name, Failures: []string{fmt.Sprintf("unknown scenario %q; want one of %s", name, strings.Join(Names(), ", "))}}
+		return Result{Name: name, Failures: []string{fmt.Sprintf("unknown scenario %q; want one of %s", name, strings.Join(append(Names(), Extra()...), ", "))}}
 	}
 	// Leave other processes waiting for the exclusive lock a chance to take
 	// it between two scenarios: they poll every 50 ms.
@@ -327,6 +350,8 @@ type scenario struct {
 	desc string
 	lock lockMode
 	run  func(h *run)
+	// extra: not run by "all" (see Extra).
+	extra bool
 }
 
 // lockMode is how a scenario holds the broker lock for its whole run.
@@ -351,12 +376,14 @@ const preferWait = time.Minute
 // scenarios returns the scenarios, in the order "all" runs them.
 func scenarios() []scenario {
 	return []scenario{
-		{ConnectionResilience, "connection resets and close_all_connections while publishing", lockPreferExclusive, connectionResilience},
-		{MessageRetry, "unroutable messages retried, then delivered or dead-lettered", lockShared, messageRetry},
-		{CircuitBreaker, "broker unreachable: breaker opens, fails fast, closes after the cooldown", lockShared, circuitBreaker},
-		{FlowControl, "memory alarm: blocked, queued, drained", lockExclusive, flowControl},
-		{BrokerRestart, "rabbitmqctl stop_app / start_app while publishing", lockExclusive, brokerRestart},
-		{Partition, "black hole: heartbeat detection, reconnect, delivery after", lockShared, partition},
-		{Chaos, "random resets, black holes, latency and close_all_connections", lockShared, chaos},
+		{ConnectionResilience, "connection resets and close_all_connections while publishing", lockPreferExclusive, connectionResilience, false},
+		{MessageRetry, "unroutable messages retried, then delivered or dead-lettered", lockShared, messageRetry, false},
+		{CircuitBreaker, "broker unreachable: breaker opens, fails fast, closes after the cooldown", lockShared, circuitBreaker, false},
+		{FlowControl, "memory alarm: blocked, queued, drained", lockExclusive, flowControl, false},
+		{BrokerRestart, "rabbitmqctl stop_app / start_app while publishing", lockExclusive, brokerRestart, false},
+		{Partition, "black hole: heartbeat detection, reconnect, delivery after", lockShared, partition, false},
+		{Chaos, "random resets, black holes, latency and close_all_connections", lockShared, chaos, false},
+		{Crash, "spool: publisher process killed with SIGKILL 12+ times (mid-outage, mid-Close), restarted on its dir", lockShared, crash, true},
+		{LongOutage, "spool: broker refusing connections for 2 minutes under load; no refusal, all delivered", lockShared, longOutage, true},
 	}
 }

@@ -127,7 +127,10 @@ func TestNames(t *testing.T) {
 	if strings.Join(names, ",") != strings.Join(want, ",") {
 		t.Errorf("Names() = %v, want %v", names, want)
 	}
-	for _, n := range names {
+	if extra := Extra(); strings.Join(extra, ",") != Crash+","+LongOutage {
+		t.Errorf("Extra() = %v, want %v", extra, []string{Crash, LongOutage})
+	}
+	for _, n := range append(names, Extra()...) {
 		if Describe(n) == "" {
 			t.Errorf("no description for %s", n)
 		}
