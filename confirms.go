@@ -208,8 +208,14 @@ func (s *session) release() {
 	s.mu.Unlock()
 }
 
-// tryEnqueue reserves a slot and hands m to the writer in one step.
+// tryEnqueue reserves a slot and hands m to the writer in one step. With a
+// buffer it refuses every message while the breaker holds sends back (open or
+// half-open): they wait in the retry queue, which sends them, the probe
+// first, once the breaker lets it.
 func (s *session) tryEnqueue(m *message, done func(error)) bool {
+	if s.p.cfg.buffered() && s.p.breaker.open() {
+		return false
+	}
 	if !s.reserve() {
 		return false
 	}

@@ -142,10 +142,11 @@ func (c *config) validate() error {
 		return optErr("WithConfirmTimeout", c.confirmTimeout, "must be > 0")
 	case c.maxRetries < 0:
 		return optErr("WithMaxRetries", c.maxRetries, "must be >= 0")
-	case c.retryCapCount <= 0:
-		return optErr("WithRetryQueueCapacity", c.retryCapCount, "message count must be > 0")
-	case c.retryCapBytes <= 0:
-		return optErr("WithRetryQueueCapacity", c.retryCapBytes, "byte size must be > 0")
+	// (0, 0) is valid: no buffer.
+	case c.retryCapCount <= 0 && (c.retryCapCount != 0 || c.retryCapBytes != 0):
+		return optErr("WithRetryQueueCapacity", c.retryCapCount, "message count must be > 0 (or both 0: no buffer)")
+	case c.retryCapBytes <= 0 && (c.retryCapCount != 0 || c.retryCapBytes != 0):
+		return optErr("WithRetryQueueCapacity", c.retryCapBytes, "byte size must be > 0 (or both 0: no buffer)")
 	case c.spoolDir != "" && c.spoolCapCount <= 0:
 		return optErr("WithSpoolCapacity", c.spoolCapCount, "message count must be > 0")
 	case c.spoolDir != "" && c.spoolCapBytes <= 0:

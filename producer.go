@@ -268,8 +268,12 @@ func newMessageID() (string, error) {
 }
 
 // begin admits one publish before any work is spent on it: ctx still live,
-// Producer open, breaker willing. It returns the breaker's ticket; the caller
-// must then call submit or abandon, soon: until then Close waits.
+// Producer open, and either the breaker willing or a buffer to keep the
+// message in. It returns the breaker's ticket, or noTicket while the breaker
+// holds sends back (the session then refuses the message, which goes to the
+// buffer if it has room); the caller must then call submit or abandon, soon:
+// until then Close waits. Only without a buffer ([WithRetryQueueCapacity](0,
+// 0)) does an open breaker refuse the publish, with [ErrCircuitOpen].
 func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error) {
 	if err := ctx.Err(); err != nil {
 		p.metrics.count(typ, outContextDone)
@@ -279,11 +283,19 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 		p.metrics.count(typ, outClosed)
 		return nil, ErrClosed
 	}
-	// The breaker first: a refusal then costs no lock.
-	done, err := p.breaker.allow()
-	if err != nil {
-		p.metrics.count(typ, outCircuitOpen)
-		return nil, err
+	// The breaker first: a refusal then costs no lock. With a buffer, a
+	// breaker that holds sends back is not asked: its one probe ticket is
+	// the retry queue's to take.
+	done := noTicket
+	if !p.cfg.buffered() || !p.breaker.open() {
+		d, err := p.breaker.allow()
+		switch {
+		case err == nil:
+			done = d
+		case !p.cfg.buffered():
+			p.metrics.count(typ, outCircuitOpen)
+			return nil, err
+		}
 	}
 	p.admit.RLock()
 	if p.closing.Load() {
@@ -313,7 +325,7 @@ func (p *Producer) hold(size int) bool {
 		p.held.Add(-1)
 		return false
 	}
-	if p.heldBytes.Add(int64(size)) > int64(p.cfg.retryCapBytes) {
+	if p.heldBytes.Add(int64(size)) > int64(p.cfg.retryCapBytes) && p.cfg.buffered() {
 		p.release(size)
 		return false
 	}
