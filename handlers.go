@@ -21,7 +21,7 @@ import (
 //
 //	ml_producer_connection_state            gauge: 0 disconnected, 1 connecting, 2 reconnecting,
 //	                                        3 connected, 4 blocked, 5 closed (see ConnectionState)
-//	ml_producer_circuit_breaker_open        gauge: 1 while the breaker refuses publishes
+//	ml_producer_circuit_breaker_open        gauge: 1 while the breaker holds sends back
 //	ml_producer_retry_queue_size            gauge: messages in the retry queue
 //	ml_producer_pending_confirms            gauge: messages awaiting their confirm
 //	ml_producer_messages_total              counter{type, outcome}: every combination, zeros included

@@ -34,7 +34,8 @@ const (
 	// it and will retry it if needed.
 	Pending
 	// Queued: the message waits in the retry queue (no connection, a blocked
-	// one, or a failed attempt). The Producer owns it.
+	// one, an open circuit breaker, or a failed attempt). The Producer owns
+	// it.
 	Queued
 	// DeadLettered: the message's attempts ran out before the call returned
 	// (only with [WithMaxRetries](0)); it went to the dead-letter hook.
@@ -231,12 +232,15 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 // broker confirms it or it is handed to the dead-letter hook; the [Receipt]
 // says how far it got. Publish waits for the confirm at most until ctx ends
 // or the confirm timeout passes, whichever is first; it never waits for a
-// connection: while there is none, or the broker blocks publishers, the
-// message goes to the retry queue and Publish returns at once with [Queued].
+// connection: while there is none, the broker blocks publishers, or the
+// circuit breaker is open, the message goes to the retry queue and Publish
+// returns at once with [Queued], for as long as the queue has room.
 //
 // An error means the message was not taken: an [*InvalidTaskError],
-// [ErrClosed], [ErrRetryQueueFull], or ctx's error when ctx ended before the
-// hand-off.
+// [ErrClosed], [ErrRetryQueueFull] (the message would have to wait and the
+// buffer is full, or there is none: [WithRetryQueueCapacity](0, 0)),
+// [ErrCircuitOpen] (only without a buffer, while the breaker is open), or
+// ctx's error when ctx ended before the hand-off.
 func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 	if err := p.cfg.limits.validateMessage(&msg); err != nil {
 		p.metrics.count(msg.Type, outInvalid)
