@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"sync/atomic"
 	"time"
 
@@ -26,6 +27,13 @@ var errDialFailed = errors.New("mlproducer: dial failed")
 // attempts: the message goes to the buffer, and the retry queue sends it with
 // a ticket of its own once the breaker lets it. Reporting to it does nothing.
 func noTicket(error) {}
+
+// isNoTicket reports whether done is noTicket. Func values cannot be
+// compared, their code pointers can, and gobreaker's tickets are closures of
+// another function.
+func isNoTicket(done func(error)) bool {
+	return reflect.ValueOf(done).Pointer() == reflect.ValueOf(noTicket).Pointer()
+}
 
 // buffered reports whether the Producer keeps a message it cannot send now:
 // a spool, or a retry queue with room for at least one message (everything

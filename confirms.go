@@ -208,12 +208,12 @@ func (s *session) release() {
 	s.mu.Unlock()
 }
 
-// tryEnqueue reserves a slot and hands m to the writer in one step. With a
-// buffer it refuses every message while the breaker holds sends back (open or
-// half-open): they wait in the retry queue, which sends them, the probe
-// first, once the breaker lets it.
+// tryEnqueue reserves a slot and hands m to the writer in one step. It
+// refuses a message admitted without a ticket (the breaker refused the
+// attempt): it waits in the retry queue, which sends it once the breaker lets
+// it.
 func (s *session) tryEnqueue(m *message, done func(error)) bool {
-	if s.p.cfg.buffered() && s.p.breaker.open() {
+	if isNoTicket(done) {
 		return false
 	}
 	if !s.reserve() {

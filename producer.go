@@ -273,8 +273,8 @@ func newMessageID() (string, error) {
 
 // begin admits one publish before any work is spent on it: ctx still live,
 // Producer open, and either the breaker willing or a buffer to keep the
-// message in. It returns the breaker's ticket, or noTicket while the breaker
-// holds sends back (the session then refuses the message, which goes to the
+// message in. It returns the breaker's ticket, or noTicket when the breaker
+// refuses an attempt (the session then refuses the message, which goes to the
 // buffer if it has room); the caller must then call submit or abandon, soon:
 // until then Close waits. Only without a buffer ([WithRetryQueueCapacity](0,
 // 0)) does an open breaker refuse the publish, with [ErrCircuitOpen].
@@ -287,19 +287,15 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 		p.metrics.count(typ, outClosed)
 		return nil, ErrClosed
 	}
-	// The breaker first: a refusal then costs no lock. With a buffer, a
-	// breaker that holds sends back is not asked: its one probe ticket is
-	// the retry queue's to take.
-	done := noTicket
-	if !p.cfg.buffered() || !p.breaker.open() {
-		d, err := p.breaker.allow()
-		switch {
-		case err == nil:
-			done = d
-		case !p.cfg.buffered():
+	// The breaker first: a refusal then costs no lock. A half-open breaker's
+	// one probe may be this publish.
+	done, err := p.breaker.allow()
+	if err != nil {
+		if !p.cfg.buffered() {
 			p.metrics.count(typ, outCircuitOpen)
 			return nil, err
 		}
+		done = noTicket
 	}
 	p.admit.RLock()
 	if p.closing.Load() {
