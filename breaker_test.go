@@ -19,6 +19,11 @@ func publishOne(p *mlproducer.Producer) (mlproducer.Receipt, error) {
 	return p.PublishSummarization(context.Background(), "share-1", "text", mlproducer.SummarizationOptions{})
 }
 
+// noBuffer turns buffering off: only then does an open breaker refuse
+// publishes with ErrCircuitOpen (with a buffer they are queued, see
+// outage_test.go).
+var noBuffer = mlproducer.WithRetryQueueCapacity(0, 0)
+
 func TestBreakerOpensThenProbesThenCloses(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
@@ -26,7 +31,7 @@ func TestBreakerOpensThenProbesThenCloses(t *testing.T) {
 		var dl deadLetters
 		// No health check: it would be the half-open probe this test gives a publish.
 		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook), mlproducer.WithMaxRetries(0),
-			mlproducer.WithHealthCheckInterval(0))
+			mlproducer.WithHealthCheckInterval(0), noBuffer)
 		waitConnected(t, p)
 
 		// Ten consecutive nacks: the tenth opens the breaker (default threshold).
@@ -91,7 +96,7 @@ func TestBreakerFailedProbeReopens(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
 		p := newFake(t, b, mlproducer.WithMaxRetries(0), mlproducer.WithCircuitBreaker(3, time.Minute),
-			mlproducer.WithHealthCheckInterval(0))
+			mlproducer.WithHealthCheckInterval(0), noBuffer)
 		waitConnected(t, p)
 		b.NackNext(4)
 		for i := 0; i < 3; i++ {
@@ -183,30 +188,62 @@ func TestBreakerCountsDialFailures(t *testing.T) {
 		}
 		synctest.Wait()
 		assert.True(t, p.Status().CircuitBreakerOpen)
-		_, err := publishOne(p)
-		require.ErrorIs(t, err, mlproducer.ErrCircuitOpen)
-		require.NoError(t, closeProducer(t, p))
+		// Open, but the retry queue has room: the publish is kept.
+		r, err := publishOne(p)
+		require.NoError(t, err)
+		assert.Equal(t, mlproducer.Queued, r.State)
+		require.NoError(t, p.Ready())
+		ctx, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		require.Error(t, p.Close(ctx), "the queued message was never sent")
 	})
 }
 
-// TestBreakerClosesWithoutTraffic: a breaker opened by failed dials closes by
-// itself once the broker is back and the cooldown is over, with no publish to
-// probe it (a service out of rotation because it is not ready gets none): the
-// health check is the probe.
-func TestBreakerClosesWithoutTraffic(t *testing.T) {
+// TestBreakerClosesAtTheFirstGoodDial: a breaker opened by failed dials (the
+// broker unreachable) closes as soon as a dial gets through, long before its
+// cooldown ends, and the queued message is delivered.
+func TestBreakerClosesAtTheFirstGoodDial(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
 		b.RefuseDials(errors.New("connection refused"))
-		p := newFake(t, b, mlproducer.WithCircuitBreaker(3, time.Minute), mlproducer.WithHealthCheckInterval(10*time.Second))
+		p := newFake(t, b, mlproducer.WithCircuitBreaker(3, time.Hour), mlproducer.WithHealthCheckInterval(0))
 		for b.Dials() < 3 {
 			time.Sleep(10 * time.Millisecond)
 		}
 		synctest.Wait()
 		require.True(t, p.Status().CircuitBreakerOpen)
+		r, err := publishOne(p)
+		require.NoError(t, err)
+		require.Equal(t, mlproducer.Queued, r.State)
 		b.RefuseDials(nil)
 		waitConnected(t, p)
-		require.ErrorIs(t, p.Ready(), mlproducer.ErrNotReady, "connected, but the breaker is open until its cooldown ends")
+		synctest.Wait()
+		assert.False(t, p.Status().CircuitBreakerOpen, "the dial that got through closed the breaker")
+		assert.Len(t, b.StoredIDs(), 1)
+		require.NoError(t, p.Ready())
+		require.NoError(t, closeProducer(t, p))
+	})
+}
+
+// TestBreakerClosesWithoutTraffic: a breaker opened by nacks closes by itself
+// once its cooldown is over, with no publish to probe it (a service that is
+// not ready, with buffering off, gets none): the health check is the probe.
+func TestBreakerClosesWithoutTraffic(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		p := newFake(t, b, mlproducer.WithCircuitBreaker(3, time.Minute), mlproducer.WithHealthCheckInterval(10*time.Second),
+			mlproducer.WithMaxRetries(0), noBuffer)
+		waitConnected(t, p)
+		b.NackNext(3)
+		for range 3 {
+			_, err := publishOne(p)
+			require.NoError(t, err)
+		}
+		synctest.Wait()
+		require.True(t, p.Status().CircuitBreakerOpen)
+		require.ErrorIs(t, p.Ready(), mlproducer.ErrNotReady, "no buffer: refusing while the breaker is open")
 
 		time.Sleep(time.Minute + 11*time.Second) // cooldown, then at most one check interval
 		synctest.Wait()
@@ -226,7 +263,7 @@ func TestBreakerFailedHealthProbeReopens(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
 		p := newFake(t, b, mlproducer.WithMaxRetries(0), mlproducer.WithCircuitBreaker(2, time.Minute),
-			mlproducer.WithHealthCheckInterval(7*time.Second), mlproducer.WithConnectionTimeout(time.Minute))
+			mlproducer.WithHealthCheckInterval(7*time.Second), mlproducer.WithConnectionTimeout(time.Minute), noBuffer)
 		waitConnected(t, p)
 		b.NackNext(2)
 		for range 2 {
@@ -254,14 +291,15 @@ func TestBreakerFailedHealthProbeReopens(t *testing.T) {
 	})
 }
 
-// BenchmarkPublishCircuitOpen measures a publish refused by an open breaker:
-// the price a caller pays to learn the broker is unavailable.
+// BenchmarkPublishCircuitOpen measures a publish refused by an open breaker
+// with buffering off: the price a caller pays to learn the broker is
+// unavailable.
 func BenchmarkPublishCircuitOpen(b *testing.B) {
 	broker := mlproducertest.NewBroker()
 	defer broker.Close()
 	broker.RefuseDials(errors.New("connection refused"))
 	p, err := mlproducer.New(mlproducer.WithDialer(broker), mlproducer.WithCircuitBreaker(1, time.Hour),
-		mlproducer.WithReconnectBackoff(time.Millisecond, time.Millisecond))
+		mlproducer.WithReconnectBackoff(time.Millisecond, time.Millisecond), noBuffer)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -208,8 +208,14 @@ func (s *session) release() {
 	s.mu.Unlock()
 }
 
-// tryEnqueue reserves a slot and hands m to the writer in one step.
+// tryEnqueue reserves a slot and hands m to the writer in one step. It
+// refuses a message admitted without a ticket (nil: the breaker refused the
+// attempt): it waits in the retry queue, which sends it once the breaker lets
+// it.
 func (s *session) tryEnqueue(m *message, done func(error)) bool {
+	if done == nil {
+		return false
+	}
 	if !s.reserve() {
 		return false
 	}

@@ -55,21 +55,18 @@ func (p *Producer) supervise() {
 		}
 		s, err := p.connect(raw)
 		if err != nil {
-			p.breaker.report(err)
+			p.breaker.dialFailed(err)
 			p.noteError(raw, err)
 			next++
-			if !wait(bo.NextBackOff()) {
+			if !wait(p.reconnectWait(bo)) {
 				return
 			}
 			continue
 		}
-		// A dial that got through, with the topology declared, is the
-		// breaker's probe when it is half-open: the broker is back. Otherwise
-		// it resets nothing: a broker that drops every connection with
-		// messages in flight must still open the breaker.
-		if p.breaker.halfOpenState() {
-			p.breaker.report(nil)
-		}
+		// A dial that got through, with the topology declared: the broker is
+		// back. It closes a breaker opened by failed dials, and is the probe
+		// of a half-open one; it resets nothing else (see breaker.connected).
+		p.breaker.connected()
 		p.ever = true
 		next %= len(p.cfg.urls)
 		p.stmu.Lock()
@@ -103,10 +100,17 @@ func (p *Producer) supervise() {
 		// like a failed dial, so that nothing loops at full speed.
 		if time.Since(up) >= stableSession(p.cfg.reconnectMax) {
 			bo.Reset()
-		} else if !wait(bo.NextBackOff()) {
+		} else if !wait(p.reconnectWait(bo)) {
 			return
 		}
 	}
+}
+
+// reconnectWait returns the wait before the next connection attempt: the
+// backoff's full-jitter draw, never more than the reconnect backoff's maximum,
+// so that a broker that is back is found within that maximum.
+func (p *Producer) reconnectWait(bo backoff.BackOff) time.Duration {
+	return min(bo.NextBackOff(), p.cfg.reconnectMax)
 }
 
 // stableSession is how long a session must have lived for the reconnect

@@ -69,12 +69,21 @@
 // failures: nacks, unroutable returns, confirm timeouts, a connection lost
 // with messages in flight (one failure per connection: the redial that follows
 // does not reset the count), failed dials. While
-// it is open, a publish fails at once with [ErrCircuitOpen] and the retry
-// queue waits; after the cooldown one probe goes through, and its success
-// closes the breaker. The probe is a publish, a retry, a dial, or, with no
-// traffic at all, the next health check, so a service that its readiness
-// answer took out of rotation comes back by itself. A caller's cancelled ctx
-// or an invalid task never counts.
+// it is open nothing is sent: publishes wait in the retry queue ([Queued])
+// while it has room, so an outage of any length the buffer can hold refuses
+// nothing; only with buffering off ([WithRetryQueueCapacity](0, 0)) does a
+// publish fail at once with [ErrCircuitOpen]. After the cooldown one probe
+// goes through, and its success closes the breaker. The probe is a retry, a
+// publish (without a buffer), a dial, or, with no traffic at all, the next
+// health check. A breaker opened by failed dials does not wait for its
+// cooldown: the first dial that gets through closes it, so sending resumes
+// within the reconnect backoff's maximum once the broker is back. A caller's
+// cancelled ctx or an invalid task never counts.
+//
+// [Producer.Ready] means "can take a message": not ready when closing or
+// closed, when the buffer is full, or, without a buffer, while there is no
+// usable connection or the breaker is open. A broker outage alone does not
+// take every replica out of its load balancer.
 //
 // Every health-check interval ([WithHealthCheckInterval]) the Producer makes a
 // real round trip to the broker; a failure forces a reconnect. When the

@@ -10,13 +10,17 @@ var (
 	// ErrClosed is returned by a publish after [Producer.Close] has begun.
 	// The message was not taken.
 	ErrClosed = errors.New("mlproducer: producer closed")
-	// ErrCircuitOpen is returned while the circuit breaker is open: the broker
-	// failed too often and the Producer sheds load until the cooldown ends.
-	// The message was not taken; retry after the cooldown or fail the request.
+	// ErrCircuitOpen is returned while the circuit breaker is open (the broker
+	// failed too often) and the message cannot be buffered because buffering
+	// is off ([WithRetryQueueCapacity](0, 0)). With a buffer, an open breaker
+	// refuses nothing: the message is queued, or refused with
+	// [ErrRetryQueueFull] when the buffer is full. The message was not taken;
+	// retry later or fail the request.
 	ErrCircuitOpen = errors.New("mlproducer: circuit open")
 	// ErrRetryQueueFull is returned when the message would have to wait in the
-	// retry queue and the queue is at its count or byte capacity
-	// ([WithRetryQueueCapacity]). The message was not taken.
+	// retry queue (no connection, a blocked one, an open breaker) and the
+	// queue is at its count or byte capacity ([WithRetryQueueCapacity]; with
+	// capacity 0 it never has room). The message was not taken.
 	ErrRetryQueueFull = errors.New("mlproducer: retry queue full")
 	// ErrSpoolUnavailable is returned by a publish when the spool of
 	// [WithSpool] could not store the message (disk full, I/O error); the
@@ -34,7 +38,8 @@ var (
 	// ErrInvalidOption is wrapped by every [*OptionError].
 	ErrInvalidOption = errors.New("mlproducer: invalid option")
 	// ErrNotReady is wrapped by every error of [Producer.Ready]: the Producer
-	// is not connected, the broker blocks it, or its breaker is open.
+	// cannot take a message now (closed, buffer full, or, without a buffer,
+	// no connection or an open breaker).
 	ErrNotReady = errors.New("mlproducer: not ready")
 )
 

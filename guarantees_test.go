@@ -293,9 +293,15 @@ func TestConnectionLossesOpenTheBreaker(t *testing.T) {
 			time.Sleep(2 * time.Second)
 			waitConnected(t, p)
 		}
-		assert.True(t, p.Status().CircuitBreakerOpen, "3 consecutive failures open the breaker")
-		_, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{})
-		assert.ErrorIs(t, err, mlproducer.ErrCircuitOpen)
+		synctest.Wait()
+		assert.True(t, p.Status().CircuitBreakerOpen, "3 consecutive failures open the breaker, and the redial does not close it")
+		// Open: a new publish waits in the retry queue, it is not sent.
+		sent := b.Published()
+		r, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{})
+		require.NoError(t, err)
+		assert.Equal(t, mlproducer.Queued, r.State)
+		synctest.Wait()
+		assert.Equal(t, sent, b.Published())
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer cancel()
 		_ = p.Close(ctx)

@@ -21,7 +21,7 @@ import (
 //
 //	ml_producer_connection_state            gauge: 0 disconnected, 1 connecting, 2 reconnecting,
 //	                                        3 connected, 4 blocked, 5 closed (see ConnectionState)
-//	ml_producer_circuit_breaker_open        gauge: 1 while the breaker refuses publishes
+//	ml_producer_circuit_breaker_open        gauge: 1 while the breaker holds sends back
 //	ml_producer_retry_queue_size            gauge: messages in the retry queue
 //	ml_producer_pending_confirms            gauge: messages awaiting their confirm
 //	ml_producer_messages_total              counter{type, outcome}: every combination, zeros included
@@ -144,8 +144,8 @@ func (p *Producer) LivenessHandler() http.Handler {
 // ReadinessHandler returns an [http.Handler] for a readiness probe: 200 with
 // {"status":"ready"} when [Producer.Ready] returns nil, otherwise 503 with
 // {"status":"not ready","reason":"..."}, the reason being the one Ready gives
-// (for example "connection state blocked" or "circuit breaker open"). It
-// answers GET and HEAD (405 otherwise) and never blocks.
+// (for example "retry queue full" or "connection state closed"). It answers
+// GET and HEAD (405 otherwise) and never blocks.
 func (p *Producer) ReadinessHandler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if !allowRead(w, r) {
@@ -159,13 +159,21 @@ func (p *Producer) ReadinessHandler() http.Handler {
 	})
 }
 
-// Ready reports whether the Producer can publish straight to the broker now:
-// nil when the connection state is [Connected] and the circuit breaker is
-// closed. Otherwise the error wraps [ErrNotReady] and says why, for example
-// "mlproducer: not ready: connection state blocked" or "mlproducer: not
-// ready: circuit breaker open" (both reasons when both hold). A Producer that
-// is not ready still accepts publishes into its retry queue, except while the
-// breaker is open. Ready never blocks.
+// Ready reports whether the Producer can take a message now: nil unless a
+// publish would be refused for want of room or of a broker. It is not ready
+// when it is closing or closed ("connection state closed"), when its buffer is
+// full ("retry queue full", or "in-flight window full" without a buffer), or,
+// with buffering turned off ([WithRetryQueueCapacity](0, 0)), while it has no
+// usable connection ("connection state reconnecting", "connection state
+// blocked", ...) or its circuit breaker is open ("circuit breaker open"). The
+// error wraps [ErrNotReady] and gives every reason that holds, for example
+// "mlproducer: not ready: retry queue full".
+//
+// With a buffer (the default), a broker outage, a memory alarm or an open
+// breaker alone leave the Producer ready: publishes are kept ([Queued]) and
+// sent once the broker is back, so a broker outage does not take every pod
+// out of its load balancer at once. Watch [Status] and the metrics for those.
+// Ready never blocks.
 func (p *Producer) Ready() error {
 	if reason := p.notReadyReason(); reason != "" {
 		return fmt.Errorf("%w: %s", ErrNotReady, reason)
@@ -176,14 +184,44 @@ func (p *Producer) Ready() error {
 // notReadyReason returns why the Producer is not ready, or "" if it is.
 func (p *Producer) notReadyReason() string {
 	st := p.Status()
-	var reasons []string
-	if st.ConnectionState != Connected {
-		reasons = append(reasons, "connection state "+st.ConnectionState.String())
+	if st.ConnectionState == Closed || p.closing.Load() {
+		return "connection state closed"
 	}
-	if st.CircuitBreakerOpen {
-		reasons = append(reasons, "circuit breaker open")
+	var reasons []string
+	live := p.liveSession() != nil
+	if !p.cfg.buffered() {
+		if !live {
+			reasons = append(reasons, "connection state "+st.ConnectionState.String())
+		}
+		if st.CircuitBreakerOpen {
+			reasons = append(reasons, "circuit breaker open")
+		}
+		if p.held.Load() >= int64(p.cfg.maxInFlight) {
+			reasons = append(reasons, "in-flight window full")
+		}
+		return strings.Join(reasons, "; ")
+	}
+	if p.bufferFull(live && !st.CircuitBreakerOpen) {
+		reasons = append(reasons, "retry queue full")
 	}
 	return strings.Join(reasons, "; ")
+}
+
+// bufferFull reports whether a new publish would be refused with
+// [ErrRetryQueueFull]: the Producer holds its capacity of accepted messages
+// (the retry queue's plus the in-flight window) or bytes, or the message
+// would have to wait (no session it may go to) and the retry queue is full.
+func (p *Producer) bufferFull(sendable bool) bool {
+	if p.held.Load() >= p.capCount || p.heldBytes.Load() >= p.capBytes {
+		return true
+	}
+	if sendable || p.spool != nil {
+		// With a spool, hold's capacity is the whole bound.
+		return false
+	}
+	p.rmu.Lock()
+	defer p.rmu.Unlock()
+	return p.retry.len() >= p.cfg.retryCapCount || p.retry.bytes() >= p.cfg.retryCapBytes
 }
 
 // allowRead lets GET and HEAD through and answers anything else with 405.

@@ -189,11 +189,13 @@ func TestLivenessHandler(t *testing.T) {
 	})
 }
 
+// Without a buffer, readiness follows the connection and the breaker: a
+// publish that cannot be sent now would be refused.
 func TestReadinessHandler(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
-		p := newFake(t, b)
+		p := newFake(t, b, noBuffer)
 		h := p.ReadinessHandler()
 		waitConnected(t, p)
 		code, body := probe(t, h)
@@ -246,7 +248,7 @@ func TestReadyFalseWhileCircuitBreakerOpen(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
-		p := newFake(t, b, mlproducer.WithCircuitBreaker(1, time.Minute), mlproducer.WithMaxRetries(0))
+		p := newFake(t, b, mlproducer.WithCircuitBreaker(1, time.Minute), mlproducer.WithMaxRetries(0), noBuffer)
 		waitConnected(t, p)
 		b.NackNext(1)
 		r, err := p.PublishEmbedding(context.Background(), "share-1", "text", mlproducer.EmbeddingOptions{})
@@ -266,5 +268,38 @@ func TestReadyFalseWhileCircuitBreakerOpen(t *testing.T) {
 		require.NoError(t, err, "the probe goes through and closes the breaker")
 		require.NoError(t, p.Ready())
 		require.NoError(t, closeProducer(t, p))
+	})
+}
+
+// With a buffer (the default), a memory alarm, an outage or an open breaker
+// leave the Producer ready: it can take a message. Closing does not.
+func TestReadyWithRoomInTheBuffer(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		p := newFake(t, b, mlproducer.WithCircuitBreaker(2, time.Hour))
+		h := p.ReadinessHandler()
+		waitConnected(t, p)
+		require.NoError(t, p.Ready())
+
+		b.Block("memory")
+		synctest.Wait()
+		require.Equal(t, mlproducer.Blocked, p.Status().ConnectionState)
+		require.NoError(t, p.Ready(), "blocked")
+
+		b.Unblock()
+		b.RefuseDials(errors.New("connection refused"))
+		b.DropConnections(nil)
+		for !p.Status().CircuitBreakerOpen {
+			time.Sleep(10 * time.Millisecond)
+		}
+		require.NoError(t, p.Ready(), "disconnected, breaker open")
+		code, body := probe(t, h)
+		assert.Equal(t, http.StatusOK, code, body)
+
+		b.RefuseDials(nil)
+		waitConnected(t, p)
+		require.NoError(t, closeProducer(t, p))
+		assert.EqualError(t, p.Ready(), "mlproducer: not ready: connection state closed")
 	})
 }

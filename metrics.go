@@ -40,7 +40,7 @@ func newCollector(p *Producer) prometheus.Collector {
 		connectionState: desc("connection_state",
 			"State of the connection to RabbitMQ: 0 disconnected, 1 connecting, 2 reconnecting, 3 connected, 4 blocked by the broker (memory or disk alarm), 5 closed. Alert when it is not 3."),
 		breakerOpen: desc("circuit_breaker_open",
-			"1 while the circuit breaker refuses publishes (open or half-open), 0 when it is closed."),
+			"1 while the circuit breaker holds sends back (open or half-open; publishes wait in the retry queue, or are refused without one), 0 when it is closed."),
 		retryQueueSize: desc("retry_queue_size",
 			"Messages waiting in the retry queue for a connection or their next attempt."),
 		pendingConfirms: desc("pending_confirms",

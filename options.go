@@ -142,10 +142,11 @@ func (c *config) validate() error {
 		return optErr("WithConfirmTimeout", c.confirmTimeout, "must be > 0")
 	case c.maxRetries < 0:
 		return optErr("WithMaxRetries", c.maxRetries, "must be >= 0")
-	case c.retryCapCount <= 0:
-		return optErr("WithRetryQueueCapacity", c.retryCapCount, "message count must be > 0")
-	case c.retryCapBytes <= 0:
-		return optErr("WithRetryQueueCapacity", c.retryCapBytes, "byte size must be > 0")
+	// (0, 0) is valid: no buffer.
+	case c.retryCapCount <= 0 && (c.retryCapCount != 0 || c.retryCapBytes != 0):
+		return optErr("WithRetryQueueCapacity", c.retryCapCount, "message count must be > 0 (or both 0: no buffer)")
+	case c.retryCapBytes <= 0 && (c.retryCapCount != 0 || c.retryCapBytes != 0):
+		return optErr("WithRetryQueueCapacity", c.retryCapBytes, "byte size must be > 0 (or both 0: no buffer)")
 	case c.spoolDir != "" && c.spoolCapCount <= 0:
 		return optErr("WithSpoolCapacity", c.spoolCapCount, "message count must be > 0")
 	case c.spoolDir != "" && c.spoolCapBytes <= 0:
@@ -300,13 +301,21 @@ func WithConfirmTimeout(d time.Duration) Option { return func(c *config) { c.con
 func WithMaxRetries(n int) Option { return func(c *config) { c.maxRetries = n } }
 
 // WithRetryQueueCapacity bounds the retry queue by message count and by the
-// total size of the bodies. A new publish that would have to wait in a full
-// queue fails with [ErrRetryQueueFull]; messages already accepted always get
-// back in. Since a message sent at once can fail and come back, a new publish
-// also fails with [ErrRetryQueueFull] when the Producer already holds
-// messages + [WithMaxInFlight] unconfirmed messages, or bytes of their
+// total size of the bodies. It is the buffer that absorbs outages: a new
+// publish waits there while there is no connection, the broker blocks
+// publishers or the circuit breaker is open, and fails with
+// [ErrRetryQueueFull] only when the queue is full; messages already accepted
+// always get back in. Since a message sent at once can fail and come back, a
+// new publish also fails with [ErrRetryQueueFull] when the Producer already
+// holds messages + [WithMaxInFlight] unconfirmed messages, or bytes of their
 // bodies, wherever they are: the queue never holds more than that. Default
 // 10000 messages and 64 MiB.
+//
+// (0, 0) turns buffering off: a publish goes to the broker at once or is
+// refused, with [ErrRetryQueueFull] while there is no connection to take it
+// (or it is blocked, or its in-flight window is full) and with
+// [ErrCircuitOpen] while the breaker is open. Accepted messages whose attempt
+// fails are still retried. Other values must both be > 0.
 func WithRetryQueueCapacity(messages, bytes int) Option {
 	return func(c *config) { c.retryCapCount, c.retryCapBytes = messages, bytes }
 }
@@ -342,7 +351,8 @@ func WithRetryBackoff(initial, max time.Duration) Option {
 }
 
 // WithReconnectBackoff sets the exponential backoff with full jitter between
-// connection attempts. Default 100 ms to 10 s.
+// connection attempts; no wait is longer than max, so a broker that is back
+// is found within max. Default 100 ms to 10 s.
 func WithReconnectBackoff(initial, max time.Duration) Option {
 	return func(c *config) { c.reconnectInitial, c.reconnectMax = initial, max }
 }
@@ -352,6 +362,14 @@ func WithReconnectBackoff(initial, max time.Duration) Option {
 // ML_CIRCUIT_BREAKER_COOLDOWN, in ms). Default 10 failures and 30 s. The
 // threshold is from 1 to 4294967295 (the environment variable allows up to
 // 1000000); [New] refuses any other.
+//
+// While open the breaker holds sends back (the retry queue waits, then one
+// probe goes) and shows in [Producer.Status] and the metrics; it refuses a
+// publish ([ErrCircuitOpen]) only when buffering is off. A breaker opened by
+// failed dials closes as soon as a dial gets through again, so sending
+// resumes within the reconnect backoff rather than after the cooldown; one
+// opened by nacks, returns, confirm timeouts or connections lost with
+// messages in flight waits out the cooldown.
 func WithCircuitBreaker(threshold int, cooldown time.Duration) Option {
 	return func(c *config) { c.breakerThreshold, c.breakerCooldown = threshold, cooldown }
 }

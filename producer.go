@@ -35,7 +35,8 @@ const (
 	// it and will retry it if needed.
 	Pending
 	// Queued: the message waits in the retry queue (no connection, a blocked
-	// one, or a failed attempt). The Producer owns it.
+	// one, an open circuit breaker, or a failed attempt). The Producer owns
+	// it.
 	Queued
 	// DeadLettered: the message's attempts ran out before the call returned
 	// (only with [WithMaxRetries](0)); it went to the dead-letter hook.
@@ -260,12 +261,15 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 // broker confirms it or it is handed to the dead-letter hook; the [Receipt]
 // says how far it got. Publish waits for the confirm at most until ctx ends
 // or the confirm timeout passes, whichever is first; it never waits for a
-// connection: while there is none, or the broker blocks publishers, the
-// message goes to the retry queue and Publish returns at once with [Queued].
+// connection: while there is none, the broker blocks publishers, or the
+// circuit breaker is open, the message goes to the retry queue and Publish
+// returns at once with [Queued], for as long as the queue has room.
 //
 // An error means the message was not taken: an [*InvalidTaskError],
-// [ErrClosed], [ErrRetryQueueFull], or ctx's error when ctx ended before the
-// hand-off.
+// [ErrClosed], [ErrRetryQueueFull] (the message would have to wait and the
+// buffer is full, or there is none: [WithRetryQueueCapacity](0, 0)),
+// [ErrCircuitOpen] (only without a buffer, while the breaker is open), or
+// ctx's error when ctx ended before the hand-off.
 func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 	if err := p.cfg.limits.validateMessage(&msg); err != nil {
 		p.metrics.count(msg.Type, outInvalid)
@@ -297,8 +301,12 @@ func newMessageID() (string, error) {
 }
 
 // begin admits one publish before any work is spent on it: ctx still live,
-// Producer open, breaker willing. It returns the breaker's ticket; the caller
-// must then call submit or abandon, soon: until then Close waits.
+// Producer open, and either the breaker willing or a buffer to keep the
+// message in. It returns the breaker's ticket, or nil when the breaker
+// refuses an attempt (the session then refuses the message, which goes to the
+// buffer if it has room); the caller must then call submit or abandon, soon:
+// until then Close waits. Only without a buffer ([WithRetryQueueCapacity](0,
+// 0)) does an open breaker refuse the publish, with [ErrCircuitOpen].
 func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error) {
 	if err := ctx.Err(); err != nil {
 		p.metrics.count(typ, outContextDone)
@@ -308,16 +316,20 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 		p.metrics.count(typ, outClosed)
 		return nil, ErrClosed
 	}
-	// The breaker first: a refusal then costs no lock.
+	// The breaker first: a refusal then costs no lock. A half-open breaker's
+	// one probe may be this publish.
 	done, err := p.breaker.allow()
 	if err != nil {
-		p.metrics.count(typ, outCircuitOpen)
-		return nil, err
+		if !p.cfg.buffered() {
+			p.metrics.count(typ, outCircuitOpen)
+			return nil, err
+		}
+		done = nil
 	}
 	p.admit.RLock()
 	if p.closing.Load() {
 		p.admit.RUnlock()
-		done(errNotSent)
+		notSent(done)
 		p.metrics.count(typ, outClosed)
 		return nil, ErrClosed
 	}
@@ -328,7 +340,7 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 // abandon undoes begin when the message could not be built.
 func (p *Producer) abandon(done func(error)) {
 	p.admit.RUnlock()
-	done(errNotSent)
+	notSent(done)
 	p.disown()
 }
 
@@ -342,7 +354,7 @@ func (p *Producer) hold(size int) bool {
 		p.held.Add(-1)
 		return false
 	}
-	if p.heldBytes.Add(int64(size)) > p.capBytes {
+	if p.heldBytes.Add(int64(size)) > p.capBytes && p.cfg.buffered() {
 		p.release(size)
 		return false
 	}
@@ -361,7 +373,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1}
 	if !p.hold(len(body)) {
 		p.admit.RUnlock()
-		done(errNotSent)
+		notSent(done)
 		p.disown()
 		p.metrics.count(typ, outQueueFull)
 		return Receipt{}, ErrRetryQueueFull
@@ -369,7 +381,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 	if p.spool != nil {
 		if err := p.spool.put(m); err != nil {
 			p.admit.RUnlock()
-			done(errNotSent)
+			notSent(done)
 			p.release(len(body))
 			p.disown()
 			p.metrics.count(typ, outSpoolFailed)
@@ -383,7 +395,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 		m.done = make(chan struct{})
 	}
 	if s == nil || !s.tryEnqueue(m, done) {
-		done(errNotSent)
+		notSent(done)
 		if !p.enqueueRetry(m) {
 			p.admit.RUnlock()
 			p.release(len(body))

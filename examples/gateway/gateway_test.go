@@ -254,9 +254,10 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// 503 + Retry-After: 30 while the circuit breaker is open.
+// 503 + Retry-After: 30 while the circuit breaker is open and buffering is
+// off (with a buffer, the default, the task would be accepted and queued).
 func TestCircuitOpen(t *testing.T) {
-	p, b := fakeProducer(t, mlproducer.WithCircuitBreaker(1, time.Hour))
+	p, b := fakeProducer(t, mlproducer.WithCircuitBreaker(1, time.Hour), mlproducer.WithRetryQueueCapacity(0, 0))
 	h := newMux(p, testLogger(t))
 	b.NackNext(1)
 	// The broker refuses this one: the Producer keeps it for a retry, and
@@ -565,6 +566,13 @@ func TestEndToEndRabbitMQ(t *testing.T) {
 	t.Cleanup(srv.Close)
 	client := srv.Client()
 	waitReady(t, client, srv.URL+"/readyz")
+	// Ready means "can take a task", even before the first connection: wait
+	// for it, so that the tasks are confirmed rather than queued.
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := p.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
 
 	sent := map[string]string{} // message id -> task type
 	for _, tc := range []struct{ path, body, typ string }{

@@ -108,7 +108,7 @@ func run() int {
 		return 2
 	}
 	// The Producer connects in the background; until it does, tasks wait in
-	// its retry queue and /readyz answers 503.
+	// its retry queue and /readyz answers 200 while the queue has room.
 
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

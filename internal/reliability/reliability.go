@@ -75,9 +75,10 @@ const (
 	// binding appears are delivered.
 	MessageRetry = "message-retry"
 	// CircuitBreaker makes the broker unreachable (black hole, and every
-	// connection attempt reset). It checks that the breaker opens, that
-	// publishes then fail fast with ErrCircuitOpen, and that it closes after
-	// its cooldown once the broker is back.
+	// connection attempt reset). It checks that the breaker opens, that no
+	// publish is refused while the buffer has room, and that the breaker
+	// closes, and sending resumes, within the reconnect backoff once the
+	// broker is back, long before its cooldown.
 	CircuitBreaker = "circuit-breaker"
 	// FlowControl raises a memory alarm on the broker. It checks that the
 	// Producer goes to Blocked, that publishes return in time (queued), that

@@ -268,16 +268,20 @@ func messageRetry(h *run) {
 
 // circuitBreaker: the broker becomes unreachable (black hole, and every
 // connection attempt reset: as if refused) until the breaker opens, stays so
-// a second, and comes back.
+// a second, and comes back. The buffer has room throughout, so nothing is
+// refused; once the broker is back, the first dial that gets through closes
+// the breaker, well before its cooldown, and sending resumes.
 func circuitBreaker(h *run) {
 	const (
-		threshold = 5
-		cooldown  = 2 * time.Second
+		threshold    = 5
+		cooldown     = 30 * time.Second
+		reconnectMax = 200 * time.Millisecond
+		connTimeout  = time.Second
 	)
 	if !h.setup(true, h.steady(),
 		mlproducer.WithCircuitBreaker(threshold, cooldown),
-		mlproducer.WithReconnectBackoff(20*time.Millisecond, 200*time.Millisecond),
-		mlproducer.WithConnectionTimeout(time.Second),
+		mlproducer.WithReconnectBackoff(20*time.Millisecond, reconnectMax),
+		mlproducer.WithConnectionTimeout(connTimeout),
 		mlproducer.WithHeartbeat(time.Second),
 	) {
 		return
@@ -295,32 +299,32 @@ func circuitBreaker(h *run) {
 		h.res.failf("the breaker did not open %s after the broker became unreachable (status %+v)", fmtDur(openIn), h.prod.Status())
 		return
 	}
-	openedAt := time.Now()
 	h.res.notef("breaker (threshold %d, cooldown %s) opened %s after the broker became unreachable", threshold, cooldown, fmtDur(openIn))
 	if !h.sleep(time.Second) {
 		return
 	}
-	fastBefore := h.fastLat.count()
+	if err := h.prod.Ready(); err != nil {
+		h.res.failf("not ready during the outage with room in the buffer: %v", err)
+	}
 	stopRefusing()
 	if err := px.Clear(); err != nil {
 		h.res.failf("clear: %v", err)
 		return
 	}
-	back, ok := h.waitFor(cooldown+10*time.Second, func(st mlproducer.Status) bool {
+	// The next dial comes within the reconnect backoff's cap; it may wait for
+	// one that was already under way to time out.
+	bound := reconnectMax + connTimeout + 3*time.Second
+	back, ok := h.waitFor(cooldown, func(st mlproducer.Status) bool {
 		return !st.CircuitBreakerOpen && st.ConnectionState == mlproducer.Connected
 	})
-	openFor := time.Since(openedAt)
 	if !ok {
 		h.res.failf("breaker still open or not connected %s after the broker came back (status %+v)", fmtDur(back), h.prod.Status())
 		return
 	}
 	h.res.TimeToRecover = back
-	h.res.notef("broker back: breaker closed and connected %s later, %s after it opened", fmtDur(back), fmtDur(openFor))
-	if openFor < cooldown-2*pollEvery {
-		h.res.failf("the breaker closed %s after opening, before its %s cooldown", fmtDur(openFor), cooldown)
-	}
-	if back > cooldown+3*time.Second {
-		h.res.failf("the breaker took %s to close once the broker was back (cooldown %s)", fmtDur(back), cooldown)
+	h.res.notef("broker back: breaker closed and connected %s later (cooldown %s)", fmtDur(back), cooldown)
+	if back > bound {
+		h.res.failf("sending resumed %s after the broker came back, over %s (reconnect cap %s + connection timeout + slack)", fmtDur(back), fmtDur(bound), reconnectMax)
 	}
 	resumeAt := h.since()
 	if !h.sleep(time.Second) {
@@ -330,15 +334,10 @@ func circuitBreaker(h *run) {
 	h.waitSettled(30 * time.Second)
 	h.finish()
 
-	n := h.fastLat.count()
-	p99 := h.fastLat.quantile(0.99)
-	h.res.notef("%d publishes refused with ErrCircuitOpen (%d while the broker was down): latency p50=%s p99=%s max=%s",
-		n, fastBefore, fmtDur(h.fastLat.quantile(0.5)), fmtDur(p99), fmtDur(h.fastLat.maximum()))
-	if n == 0 {
-		h.res.failf("no publish failed with ErrCircuitOpen while the breaker was open")
-	}
-	if p99 > 2*time.Millisecond {
-		h.res.failf("ErrCircuitOpen is not fast: p99 %s", fmtDur(p99))
+	for k, what := range map[int]string{refCircuit: "ErrCircuitOpen", refQueueFull: "ErrRetryQueueFull"} {
+		if n := h.refused[k].Load(); n > 0 {
+			h.res.failf("%d publishes refused with %s although the buffer had room", n, what)
+		}
 	}
 	confirmed := 0
 	for _, a := range h.acceptedBetween(resumeAt, h.since()) {
