@@ -241,7 +241,7 @@ func (s *session) enqueue(m *message, done func(error)) {
 	if s.dead {
 		s.mu.Unlock()
 		a.report(errNotSent)
-		s.p.requeue(m, time.Now())
+		s.p.requeue(m, time.Now(), true)
 		return
 	}
 	s.queue = append(s.queue, a)
@@ -392,7 +392,7 @@ func (s *session) tracker() {
 	defer s.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
-	var requeue, failed, answer []*message
+	var requeue, held, failed, answer []*message
 	for {
 		now := time.Now()
 		s.mu.Lock()
@@ -431,7 +431,7 @@ func (s *session) tracker() {
 				s.inflight--
 				s.timedOut++
 				a.a.report(errNotSent)
-				requeue = append(requeue, a.a.m)
+				held = append(held, a.a.m)
 			default:
 				a.a.state = attTimedOut
 				s.inflight--
@@ -445,7 +445,11 @@ func (s *session) tracker() {
 		s.mu.Unlock()
 
 		for _, m := range requeue {
-			s.p.requeue(m, now)
+			s.p.requeue(m, now, true)
+		}
+		for _, m := range held {
+			// Its late ack may still come: it stays in memory as itself.
+			s.p.requeue(m, now, false)
 		}
 		for _, m := range failed {
 			s.p.metrics.failures[failTimeout].Add(1)
@@ -456,13 +460,14 @@ func (s *session) tracker() {
 		for _, m := range answer {
 			m.signal(Pending)
 		}
-		if len(requeue)+len(failed) > 0 {
+		if len(requeue)+len(held)+len(failed) > 0 {
 			s.p.wakeRetry()
 		}
 		clear(requeue)
+		clear(held)
 		clear(failed)
 		clear(answer)
-		requeue, failed, answer = requeue[:0], failed[:0], answer[:0]
+		requeue, held, failed, answer = requeue[:0], held[:0], failed[:0], answer[:0]
 		if tooMany {
 			s.fail(errors.New("mlproducer: too many publisher confirms timed out; reconnecting"))
 		}
@@ -675,7 +680,7 @@ func (s *session) teardown() {
 	s.cbs.Wait()
 	now := time.Now()
 	for _, m := range back {
-		s.p.requeue(m, now)
+		s.p.requeue(m, now, true)
 	}
 	if len(failed) > 0 {
 		err := fmt.Errorf("mlproducer: the broker closed the channel: %w", s.dieErr)

@@ -189,13 +189,15 @@ const spoolReadRetry = time.Second
 const halfOpenRecheck = 50 * time.Millisecond
 
 // requeue puts an accepted message back in the retry queue without spending an
-// attempt (its connection died, or it never left). It never refuses.
-func (p *Producer) requeue(m *message, due time.Time) {
+// attempt (its connection died, it never left, or the broker's flow control
+// held its confirm). It never refuses. spill is false when an attempt of m
+// may still be confirmed (a late ack after a timeout while blocked).
+func (p *Producer) requeue(m *message, due time.Time, spill bool) {
 	p.rmu.Lock()
 	if m.final.Load() == 0 && m.heapIndex == -1 {
 		m.due = due.UnixNano()
 		m.seq = p.nextSeq()
-		p.retry.push(m, true)
+		p.retry.push(m, spill)
 	}
 	p.rmu.Unlock()
 	m.signal(Queued)
