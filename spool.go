@@ -432,6 +432,8 @@ func (sp *spool) commit(batch []*putReq) error {
 	ops := sp.ops
 	if len(ops) > 0 {
 		sp.ops = make(map[uint64][]byte, len(ops))
+	} else {
+		ops = nil // not the live map: it is read below without the lock
 	}
 	sp.mu.Unlock()
 	if len(batch) == 0 && len(ops) == 0 {
