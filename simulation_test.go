@@ -20,7 +20,8 @@ package mlproducer_test
 // still be accounted for); shared caller ids with returns and late acks
 // from the start (a return must be matched to its exact attempt); slow
 // retries, often with confirms held from the start (admission must count
-// the messages waiting for their retry).
+// the messages waiting for their retry); a spool, with crashes and restarts
+// (sim_spool_test.go, which also states how the invariants change).
 //
 // The invariants after Close cannot see an attempt that is never resolved:
 // Close hands whatever is left to the dead-letter hook. So half the
