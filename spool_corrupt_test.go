@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -28,12 +29,12 @@ import (
 // record (and keeps a damaged one aside).
 //
 //	damage                                   outcome
-//	file truncated to half                   New fails: "spool file … is truncated …: move it aside"
-//	file truncated to a few bytes            New fails: "cannot open the spool …: a file that is not a spool, or a damaged one: move it aside"
-//	bytes flipped in a data page's header    New fails: "cannot open the spool" / "is damaged", or opens and sends every record still readable, the unreadable ones moved to the "corrupt" bucket
+//	file truncated to half                   New fails: "spool file … is damaged (invalid freelist page …): move it aside …"
+//	file truncated to a few bytes            New fails: "cannot open the spool …: invalid database (a file that is not a spool, or a damaged one: move it aside)"
+//	bytes flipped in a data page's header    New fails: "spool file … is damaged (…)" (today), or opens and sends every record still readable, the unreadable ones moved to the "corrupt" bucket
 //	bytes flipped in the newest meta page    New opens on the other meta page (bbolt, silently): the records of the last commit are lost, every older one is sent
 //	a record whose checksum fails            New opens; the record moves to the "corrupt" bucket and is logged (error level), never sent; every other record is sent
-//	a foreign file named mlproducer-spool.db New fails: "cannot open the spool …: … move it aside"
+//	a foreign file named mlproducer-spool.db New fails: "cannot open the spool …: invalid database (… move it aside)"
 //	an unrelated file beside the spool file  ignored
 //	dir not writable (read-only mount)       New fails: "cannot open the spool …" naming the file
 //	dir on a full disk                       TestSpoolDiskFull, TestSpoolStartOnFullDisk (spool_enospc_test.go)
@@ -48,16 +49,18 @@ func TestSpoolDamagedDisk(t *testing.T) {
 			fi, err := os.Stat(spoolPath(dir))
 			require.NoError(t, err)
 			require.NoError(t, os.Truncate(spoolPath(dir), fi.Size()/2))
-		}, wantOpenError("truncated", "move it aside")},
+		}, wantOpenError("spool file <dir>/mlproducer-spool.db is damaged", "move it aside")},
 		{"truncated to a few bytes", func(t *testing.T, dir string) {
 			require.NoError(t, os.Truncate(spoolPath(dir), 7))
-		}, wantOpenError("cannot open the spool", "move it aside")},
+		}, wantOpenError("cannot open the spool <dir>/mlproducer-spool.db: invalid database", "move it aside")},
 		{"bytes flipped in a data page's header", func(t *testing.T, dir string) {
 			page, psz := recordPage(t, dir)
 			flip(t, spoolPath(dir), page*psz, 16) // page id, flags, count, overflow
 		}, func(t *testing.T, ids []string, o outcome) {
 			if o.err != nil {
-				assert.Contains(t, o.err.Error(), "mlproducer-spool.db")
+				msg := strings.ReplaceAll(o.err.Error(), o.dir, "<dir>")
+				assert.Contains(t, msg, "<dir>/mlproducer-spool.db")
+				assert.Contains(t, msg, "move it aside")
 				return
 			}
 			// Opened: what it could read is sent, and nothing readable is dropped.
@@ -98,7 +101,7 @@ func TestSpoolDamagedDisk(t *testing.T) {
 		}},
 		{"a foreign file named mlproducer-spool.db", func(t *testing.T, dir string) {
 			require.NoError(t, os.WriteFile(spoolPath(dir), bytes.Repeat([]byte("not a bbolt file\n"), 1000), 0o600))
-		}, wantOpenError("cannot open the spool", "move it aside")},
+		}, wantOpenError("cannot open the spool <dir>/mlproducer-spool.db: invalid database", "move it aside")},
 		{"an unrelated file beside the spool file", func(t *testing.T, dir string) {
 			require.NoError(t, os.WriteFile(filepath.Join(dir, "notes.txt"), []byte("hello"), 0o600))
 			require.NoError(t, os.Mkdir(filepath.Join(dir, "sub"), 0o700))
@@ -112,7 +115,7 @@ func TestSpoolDamagedDisk(t *testing.T) {
 			dir := t.TempDir()
 			ids := makeSpool(t, dir, n)
 			tc.damage(t, dir)
-			var o outcome
+			o := outcome{dir: dir}
 			o.err, o.sent, o.logs = drainSpool(t, dir, n)
 			if o.err == nil {
 				_, o.corrupt = spoolBuckets(t, dir)
@@ -209,6 +212,7 @@ func drainSpool(t *testing.T, dir string, want int) (err error, sent map[string]
 // outcome is what a damaged spool gave.
 type outcome struct {
 	err     error
+	dir     string         // the spool dir, which the error names
 	sent    map[string]int // by message id
 	corrupt int            // records in the "corrupt" bucket after New
 	logs    string
@@ -217,8 +221,9 @@ type outcome struct {
 func wantOpenError(parts ...string) func(t *testing.T, ids []string, o outcome) {
 	return func(t *testing.T, ids []string, o outcome) {
 		require.Error(t, o.err)
+		msg := strings.ReplaceAll(o.err.Error(), o.dir, "<dir>") // the test's name is in the dir
 		for _, p := range parts {
-			assert.Contains(t, o.err.Error(), p)
+			assert.Contains(t, msg, p)
 		}
 	}
 }
