@@ -28,6 +28,7 @@ type simNet struct {
 	b *mlproducertest.Broker
 
 	seq atomic.Uint64 // orders starts of writes against dead-letter hook calls
+	gen atomic.Int32  // the Producer writing now (spool schedules restart it)
 
 	mu        sync.Mutex
 	writes    map[int][]*simWrite // call -> every write begun, in order
@@ -43,6 +44,7 @@ type simNet struct {
 type simWrite struct {
 	k          int
 	n          int32 // attempt header
+	gen        int   // the Producer that wrote it
 	seq        uint64
 	began      time.Time
 	ch         *simChannel
@@ -131,6 +133,8 @@ type simChannel struct {
 	lastTag       uint64
 	byTag         map[uint64]*simWrite // written, not yet confirmed
 	messageClosed bool                 // closed by the broker: 403, 404, 406
+	closed        bool                 // its Closed event came
+	closedAt      time.Time
 }
 
 func simMessageLevel(err error) bool {
@@ -173,6 +177,7 @@ func (ch *simChannel) Confirm(ev transport.ChannelEvents) error {
 		Closed: func(err error) {
 			n.mu.Lock()
 			n.closures++
+			ch.closed, ch.closedAt = true, time.Now()
 			if simMessageLevel(err) {
 				ch.messageClosed = true
 			}
@@ -186,7 +191,7 @@ func (ch *simChannel) Publish(ctx context.Context, exchange, key string, mandato
 	n := ch.n
 	k := tokenOf(msg.Body)
 	a, _ := msg.Headers[mlproducer.AttemptHeader].(int32)
-	w := &simWrite{k: k, n: a, ch: ch, began: time.Now()}
+	w := &simWrite{k: k, n: a, gen: int(n.gen.Load()), ch: ch, began: time.Now()}
 	n.mu.Lock()
 	if k < 0 {
 		n.unmatched++

@@ -20,7 +20,8 @@ package mlproducer_test
 // still be accounted for); shared caller ids with returns and late acks
 // from the start (a return must be matched to its exact attempt); slow
 // retries, often with confirms held from the start (admission must count
-// the messages waiting for their retry).
+// the messages waiting for their retry); a spool, with crashes and restarts
+// (sim_spool_test.go, which also states how the invariants change).
 //
 // The invariants after Close cannot see an attempt that is never resolved:
 // Close hands whatever is left to the dead-letter hook. So half the
@@ -91,7 +92,7 @@ var simFaultKinds = [17]string{"drop", "drop", "refuse", "hangdials", "block", "
 	"hangchannels", "deleteexchange", "nackheld"}
 
 // simModes names the kinds of schedule that -sim.without can leave out.
-var simModes = []string{"poison", "nodeclare", "closerace", "heal", "healstall"}
+var simModes = []string{"poison", "nodeclare", "closerace", "heal", "healstall", "spool", "crash", "restart"}
 
 func simLeftOut(name string) bool {
 	return slices.Contains(strings.Split(*simWithout, ","), name)
@@ -143,6 +144,9 @@ type simConfig struct {
 	healLose  float64       // with this share of confirms lost
 	healBurst int           // and this many calls at once when the stall begins
 	afterHeal time.Duration // then publishers and faults again for this long, until Close
+
+	spool    bool         // WithSpool on a dir of its own (sim_spool_test.go)
+	restarts []simRestart // crashes and Closes, each followed by a New on the dir
 }
 
 // liveBound is how long, once every fault is lifted and the publishers have
@@ -274,6 +278,9 @@ func (c simConfig) String() string {
 		}
 		s += fmt.Sprintf(" (liveness bound %v), then %v more of publishers and faults", c.liveBound(), c.afterHeal)
 	}
+	if c.spool {
+		s += fmt.Sprintf("; spool, capacity %d, restarts %v", c.retryCap+c.maxInFlight, c.restarts)
+	}
 	return s
 }
 
@@ -291,6 +298,7 @@ type simCall struct {
 	err      error
 	poison   bool // body over the broker's maximum message size
 	racer    bool
+	gen      int // the Producer it was made on (spool schedules restart it)
 }
 
 // simDead is one call of the dead-letter hook.
@@ -302,6 +310,7 @@ type simDead struct {
 	at       time.Time
 	attempts int
 	err      error
+	gen      int // the Producer that called the hook
 }
 
 // simResult is what a schedule leaves for the report.
@@ -323,6 +332,11 @@ type simStats struct {
 	noDeclareDLQ      int           // dead letters out of attempts in NoDeclare schedules
 	healed            int           // schedules healed before Close
 	settle            time.Duration // the longest a healed Producer took to be quiescent
+	spooled           int           // schedules with a spool
+	crashes, closes   int           // restarts on the spool: after a crash, after a Close
+	recovered         int           // records a restarted Producer found in its spool
+	resent            int           // messages written again after a restart although confirmed before it
+	leftAtEnd         int           // records left in the spool after the last Close
 }
 
 func (a *simStats) add(b simStats) {
@@ -333,6 +347,12 @@ func (a *simStats) add(b simStats) {
 	a.noDeclareDLQ += b.noDeclareDLQ
 	a.healed += b.healed
 	a.settle = max(a.settle, b.settle)
+	a.spooled += b.spooled
+	a.crashes += b.crashes
+	a.closes += b.closes
+	a.recovered += b.recovered
+	a.resent += b.resent
+	a.leftAtEnd += b.leftAtEnd
 }
 
 func TestSimulation(t *testing.T) {
@@ -377,6 +397,8 @@ func TestSimulation(t *testing.T) {
 		n, base, base+uint64(n)-1, calls, el.Round(time.Millisecond), float64(n)/el.Minutes(), failed, seeds)
 	t.Logf("exercised: %d dead letters out of attempts (%d in NoDeclare schedules); %d poison messages accepted, %d of them dead-lettered out of attempts; %d calls accepted while racing Close; %d schedules healed before Close, the slowest quiescent after %v",
 		stats.deadOutOfAttempts, stats.noDeclareDLQ, stats.poison, stats.poisonDLQ, stats.raced, stats.healed, stats.settle)
+	t.Logf("spool: %d schedules with a spool, %d crashes and %d Closes followed by a New on the dir; the new Producers found %d records, wrote %d already confirmed messages again; %d records left after the last Close",
+		stats.spooled, stats.crashes, stats.closes, stats.recovered, stats.resent, stats.leftAtEnd)
 }
 
 func reportSim(t *testing.T, r simResult, detail bool) {
@@ -419,7 +441,8 @@ func runSimSchedule(t *testing.T, seed uint64) (res simResult) {
 				seed, e, seed, res.cfg, strings.Join(res.log, "\n  "))
 		}
 	}()
-	synctest.Test(t, func(t *testing.T) { simulate(seed, &res) })
+	dir := simSpoolDir(t)
+	synctest.Test(t, func(t *testing.T) { simulate(seed, &res, dir) })
 	return res
 }
 
@@ -429,7 +452,9 @@ type simState struct {
 	t0    time.Time
 	b     *mlproducertest.Broker
 	net   *simNet
-	p     *mlproducer.Producer
+	cur   atomic.Pointer[simGen] // the Producer publishers use; see sim_spool_test.go
+	gens  []*simGen              // every Producer of the schedule, in order (the restarter's; read after it ends)
+	dir   string                 // the spool dir of a spool schedule
 	seed  uint64
 	logMu sync.Mutex
 	res   *simResult
@@ -461,7 +486,7 @@ func (s *simState) violate(inv int, format string, args ...any) {
 }
 
 func (s *simState) sample() {
-	n := int64(s.p.Status().RetryQueueSize)
+	n := int64(s.prod().Status().RetryQueueSize)
 	for {
 		cur := s.maxRetryQ.Load()
 		if n <= cur || s.maxRetryQ.CompareAndSwap(cur, n) {
@@ -473,7 +498,7 @@ func (s *simState) sample() {
 	}
 }
 
-func simulate(seed uint64, res *simResult) {
+func simulate(seed uint64, res *simResult, dir string) {
 	rng := rand.New(rand.NewPCG(seed, 0x51a1))
 	cfg := newSimConfig(rng)
 	// Healing has its own generator: the schedule up to it is the one the
@@ -490,6 +515,7 @@ func simulate(seed uint64, res *simResult) {
 			cfg.healBurst = 1 + hrng.IntN(3)
 		}
 	}
+	spoolTraits(&cfg, rand.New(rand.NewPCG(seed, 0x5b01)))
 	res.cfg = cfg
 	s := &simState{cfg: cfg, t0: time.Now(), seed: seed, res: res, closeDone: make(chan struct{})}
 	s.b = mlproducertest.NewBroker()
@@ -498,35 +524,17 @@ func simulate(seed uint64, res *simResult) {
 	s.b.HoldConfirms(cfg.holdAtStart)
 	s.b.SetFaults(cfg.startFaults)
 	s.net = newSimNet(s.b)
-	topo := mlproducer.Topology{NoDeclare: cfg.noDeclare}
-	p, err := mlproducer.New(
-		mlproducer.WithDialer(s.net),
-		mlproducer.WithTopology(topo),
-		mlproducer.WithReconnectBackoff(cfg.reconnectInitial, cfg.reconnectMax),
-		mlproducer.WithRetryBackoff(cfg.retryInitial, cfg.retryMax),
-		mlproducer.WithConfirmTimeout(cfg.confirmTimeout),
-		mlproducer.WithConnectionTimeout(cfg.connectionTimeout),
-		mlproducer.WithMaxRetries(cfg.maxRetries),
-		mlproducer.WithRetryQueueCapacity(cfg.retryCap, 64<<20),
-		mlproducer.WithMaxInFlight(cfg.maxInFlight),
-		mlproducer.WithHealthCheckInterval(cfg.healthInterval),
-		mlproducer.WithCircuitBreaker(cfg.breakerThreshold, cfg.breakerCooldown),
-		mlproducer.WithHeartbeat(0),
-		mlproducer.WithDeadLetter(func(dl mlproducer.DeadLetter) {
-			// Kept cheap (the token is read later): Close calls the hook
-			// for each message left, and a slow hook would narrow the
-			// window the Close race hunts in.
-			d := simDead{body: dl.Message.Body, id: dl.Message.ID, seq: s.net.seq.Add(1), at: time.Now(), attempts: dl.Attempts, err: dl.Err}
-			s.deadMu.Lock()
-			s.dead = append(s.dead, d)
-			s.deadMu.Unlock()
-		}),
-	)
+	s.dir = dir
+	g := &simGen{}
+	p, err := mlproducer.New(s.options(g)...)
 	if err != nil {
 		s.violate(0, "New: %v", err)
 		return
 	}
-	s.p = p
+	g.p = p
+	s.cur.Store(g)
+	s.gens = append(s.gens, g)
+	restarted := s.restarter()
 
 	// Publishers, each with its own generator.
 	calls := make([][]*simCall, cfg.publishers)
@@ -583,6 +591,8 @@ func simulate(seed uint64, res *simResult) {
 	}
 
 	time.Sleep(cfg.runFor)
+	<-restarted
+	p = s.prod()
 	var after [][]*simCall
 	if cfg.heal {
 		// Liveness: stop the publishers, lift every fault, and the
@@ -640,7 +650,7 @@ func simulate(seed uint64, res *simResult) {
 				go func() {
 					defer racers.Done()
 					for !s.stopPolls.Load() {
-						s.p.Status()
+						s.prod().Status()
 					}
 				}()
 			}
@@ -682,6 +692,7 @@ func simulate(seed uint64, res *simResult) {
 	close(stopSampler)
 	sampler.Wait()
 	st := p.Status()
+	s.ended(s.cur.Load(), false, closeStart, closeErr, st)
 	// Let anything still running (there should be nothing) show itself.
 	time.Sleep(time.Second)
 	s.b.Close()
@@ -757,7 +768,7 @@ func (s *simState) heal(calls []*simCall) []*simCall {
 		s.liftFaults()
 		s.declareTopology()
 		start := time.Now()
-		for st := s.p.Status(); (st.ConnectionState != mlproducer.Connected || st.CircuitBreakerOpen) && time.Since(start) < cfg.liveBound(); st = s.p.Status() {
+		for st := s.prod().Status(); (st.ConnectionState != mlproducer.Connected || st.CircuitBreakerOpen) && time.Since(start) < cfg.liveBound(); st = s.prod().Status() {
 			time.Sleep(5 * time.Millisecond)
 		}
 		s.logf("heal: every fault lifted; connected after %v; writes stall for %v, %.2f of confirms lost, %d calls", time.Since(start), cfg.healStall, cfg.healLose, cfg.healBurst)
@@ -803,7 +814,8 @@ func (s *simState) heal(calls []*simCall) []*simCall {
 	s.logf("heal: every fault lifted (%d poison messages held); quiescent within %v?", poison, bound)
 	start := time.Now()
 	quiet := func(st mlproducer.Status) bool {
-		return st.Accepted == st.Confirmed+st.DeadLettered && st.RetryQueueSize == 0 && st.PendingConfirms == 0 &&
+		// A Producer started on a spool also settles what it found there.
+		return st.Accepted+uint64(s.cur.Load().recovered) == st.Confirmed+st.DeadLettered && st.RetryQueueSize == 0 && st.PendingConfirms == 0 &&
 			st.ConnectionState == mlproducer.Connected
 	}
 	// The breaker may have opened on the last failures: once its cooldown
@@ -821,10 +833,10 @@ func (s *simState) heal(calls []*simCall) []*simCall {
 		}
 		return !st.CircuitBreakerOpen || cfg.healthInterval == 0 && time.Since(quietAt) > cfg.breakerCooldown
 	}
-	st := s.p.Status()
+	st := s.prod().Status()
 	for !settled(st) && time.Since(start) < bound {
 		time.Sleep(5 * time.Millisecond)
-		st = s.p.Status()
+		st = s.prod().Status()
 	}
 	s.res.stats.healed++
 	if settled(st) {
@@ -841,12 +853,14 @@ func (s *simState) heal(calls []*simCall) []*simCall {
 	c.deadline = time.Now().Add(10 * time.Second)
 	ctx, cancel := context.WithDeadline(context.Background(), c.deadline)
 	defer cancel()
+	g := s.cur.Load()
+	c.gen = g.n
 	c.start = time.Now()
-	c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, Body: []byte(`{"sim":"simk` + strconv.Itoa(c.k) + `x"}`)})
+	c.rcpt, c.err = g.p.Publish(ctx, mlproducer.Message{Type: c.typ, Body: []byte(`{"sim":"simk` + strconv.Itoa(c.k) + `x"}`)})
 	c.end = time.Now()
 	s.logf("heal: a new publish: %v, %v after %v", c.rcpt.State, c.err, c.end.Sub(c.start))
 	if c.err != nil || c.rcpt.State != mlproducer.Confirmed {
-		st := s.p.Status()
+		st := s.prod().Status()
 		s.violate(10, "after healing a new publish returned receipt %v, err %v after %v, not confirmed; state %v, breaker open %v, retry queue %d, pending confirms %d, last error %q",
 			c.rcpt.State, c.err, c.end.Sub(c.start), st.ConnectionState, st.CircuitBreakerOpen, st.RetryQueueSize, st.PendingConfirms, st.LastError)
 	}
@@ -943,8 +957,10 @@ func (s *simState) racer(i int, made *atomic.Int64, ready chan struct{}) []*simC
 		c := &simCall{k: i*1_000_000 + j, racer: true, what: "publish", typ: typ}
 		out = append(out, c)
 		body := []byte(`{"sim":"simk` + strconv.Itoa(c.k) + `x"}`)
+		g := s.cur.Load()
+		c.gen = g.n
 		c.start = time.Now()
-		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: typ, Body: body})
+		c.rcpt, c.err = g.p.Publish(ctx, mlproducer.Message{Type: typ, Body: body})
 		c.end = time.Now()
 		if made.Add(1) == int64(s.cfg.raceCalls) {
 			close(ready)
@@ -987,24 +1003,26 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 	token := fmt.Sprintf("simk%dx", c.k)
 	c.poison = s.cfg.poisonEvery > 0 && rng.IntN(s.cfg.poisonEvery) == 0
 	dup := rng.Float64() < s.cfg.dupShare
+	g := s.cur.Load()
+	c.gen = g.n
 	c.start = time.Now()
 	switch r := rng.IntN(10); {
 	case dup && !c.poison: // one of two caller ids that many calls share
 		c.what, c.typ, c.callerID = "publish", simTypes[rng.IntN(len(simTypes))], fmt.Sprintf("dup-%d", rng.IntN(2))
-		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
+		c.rcpt, c.err = g.p.Publish(ctx, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
 	case c.poison: // a body the broker refuses (406): it must end in the dead-letter hook
 		c.what, c.typ = "poison", simTypes[rng.IntN(len(simTypes))]
 		pad := strings.Repeat("p", s.cfg.maxMessageSize+rng.IntN(512))
-		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, Body: []byte(`{"sim":"` + token + `","pad":"` + pad + `"}`)})
+		c.rcpt, c.err = g.p.Publish(ctx, mlproducer.Message{Type: c.typ, Body: []byte(`{"sim":"` + token + `","pad":"` + pad + `"}`)})
 	case r < 2:
 		c.what, c.typ = "summarization", mlproducer.TaskSummarization
-		c.rcpt, c.err = s.p.PublishSummarization(ctx, token, "some text to summarise", mlproducer.SummarizationOptions{})
+		c.rcpt, c.err = g.p.PublishSummarization(ctx, token, "some text to summarise", mlproducer.SummarizationOptions{})
 	case r < 4:
 		c.what, c.typ = "transcription", mlproducer.TaskTranscription
-		c.rcpt, c.err = s.p.PublishTranscription(ctx, token, "https://media.example/a.mp3", mlproducer.TranscriptionOptions{})
+		c.rcpt, c.err = g.p.PublishTranscription(ctx, token, "https://media.example/a.mp3", mlproducer.TranscriptionOptions{})
 	case r < 6:
 		c.what, c.typ = "embedding", mlproducer.TaskEmbedding
-		c.rcpt, c.err = s.p.PublishEmbedding(ctx, token, "some text to embed", mlproducer.EmbeddingOptions{})
+		c.rcpt, c.err = g.p.PublishEmbedding(ctx, token, "some text to embed", mlproducer.EmbeddingOptions{})
 	default:
 		c.what, c.typ = "publish", simTypes[rng.IntN(len(simTypes))]
 		switch rng.IntN(4) {
@@ -1013,7 +1031,7 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 		case 1:
 			c.callerID = "id-" + token
 		}
-		c.rcpt, c.err = s.p.Publish(ctx, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
+		c.rcpt, c.err = g.p.Publish(ctx, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
 	}
 	c.end = time.Now()
 }
@@ -1266,10 +1284,10 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		}
 		desc := fmt.Sprintf("call %d (%s %s, id %s, caller id %q, receipt %v, started %v, returned after %v): written %d times, stored %d times, dead-lettered %d times",
 			c.k, what, c.typ, c.rcpt.MessageID, c.callerID, c.rcpt.State, c.start.Sub(s.t0).Round(time.Microsecond), c.end.Sub(c.start), sent, stored[c.k], len(ds))
-		if len(ds) > 1 {
+		if len(ds) > 1 && !s.deadAgainAllowed(ds) {
 			s.violate(1, "the dead-letter hook was called more than once: %s", desc)
 		}
-		if c.rcpt.State == mlproducer.Confirmed && len(ds) > 0 {
+		if c.rcpt.State == mlproducer.Confirmed && len(ds) > 0 && !s.confirmedThenDeadAllowed(c, ds) {
 			s.violate(1, "reported confirmed and dead-lettered: %s", desc)
 		}
 		if c.rcpt.State == mlproducer.DeadLettered && len(ds) == 0 {
@@ -1277,16 +1295,16 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		}
 		if c.rcpt.State == mlproducer.Confirmed && stored[c.k] == 0 {
 			s.violate(2, "reported confirmed, never stored by the broker: %s", desc)
-		} else if len(ds) == 0 && stored[c.k] == 0 {
-			s.violate(2, "accepted, not dead-lettered, never stored by the broker (lost): %s", desc)
+		} else if len(ds) == 0 && stored[c.k] == 0 && !s.leftInSpool(c) {
+			s.violate(2, "accepted, not dead-lettered, never stored by the broker, not left in the spool (lost): %s", desc)
 		}
 		if c.poison && stored[c.k] > 0 {
 			s.violate(0, "harness: a poison message was stored: %s", desc)
 		}
 		// 3. Sends bounded by the attempts plus what the connection cost.
-		if limit := cfg.maxRetries + 1 + allowance; sent > limit {
-			s.violate(3, "written %d times, more than max retries %d + 1 + %d publishing channels ended + %d block and %d stall episodes: %s",
-				sent, cfg.maxRetries, n.closures, s.blockEpisodes, s.stallEpisodes, desc)
+		if limit := cfg.maxRetries + 1 + allowance + s.restartAllowance(c.k); sent > limit {
+			s.violate(3, "written %d times, more than max retries %d + 1 + %d publishing channels ended + %d block and %d stall episodes + %d for the restarts of the spool: %s",
+				sent, cfg.maxRetries, n.closures, s.blockEpisodes, s.stallEpisodes, s.restartAllowance(c.k), desc)
 		}
 		if c.poison {
 			s.res.stats.poison++
@@ -1308,19 +1326,21 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 			s.checkCharged(c, d, desc)
 		}
 	}
-	if st.Accepted != uint64(accepted) || st.DeadLettered != uint64(len(deadList)) || st.Confirmed+st.DeadLettered != uint64(accepted) {
+	if cfg.spool {
+		s.checkSpool(calls, byK, dead)
+	} else if st.Accepted != uint64(accepted) || st.DeadLettered != uint64(len(deadList)) || st.Confirmed+st.DeadLettered != uint64(accepted) {
 		s.violate(1, "counters: %d calls accepted, %d dead letters; Status says accepted %d, confirmed %d, dead-lettered %d (confirmed + dead-lettered should be accepted)",
 			accepted, len(deadList), st.Accepted, st.Confirmed, st.DeadLettered)
 	}
-	if st.ConnectionState != mlproducer.Closed || st.RetryQueueSize != 0 || st.PendingConfirms != 0 {
-		s.violate(1, "after Close: state %v, retry queue %d, pending confirms %d", st.ConnectionState, st.RetryQueueSize, st.PendingConfirms)
+	if st.ConnectionState != mlproducer.Closed || st.RetryQueueSize != s.cur.Load().leftCount() || st.PendingConfirms != 0 {
+		s.violate(1, "after Close: state %v, retry queue %d (records left in the spool %d), pending confirms %d", st.ConnectionState, st.RetryQueueSize, s.cur.Load().leftCount(), st.PendingConfirms)
 	}
 
 	// 4. Retry queue bound, as sampled, and the bound of admission: the
 	// messages held (accepted, not yet final), wherever they are.
-	if m := s.maxRetryQ.Load(); m > int64(cfg.retryCap+cfg.maxInFlight) {
-		s.violate(4, "the retry queue held %d messages at %v, above capacity %d + max in flight %d",
-			m, time.Duration(s.retryQAt.Load()).Round(time.Microsecond), cfg.retryCap, cfg.maxInFlight)
+	if m := s.maxRetryQ.Load(); m > int64(cfg.retryCap+cfg.maxInFlight+s.staleRecords()) {
+		s.violate(4, "the retry queue held %d messages at %v, above capacity %d + max in flight %d + %d records of confirmed messages a restart found",
+			m, time.Duration(s.retryQAt.Load()).Round(time.Microsecond), cfg.retryCap, cfg.maxInFlight, s.staleRecords())
 	}
 	if m, at := s.maxHeld(calls, dead); m > cfg.retryCap+cfg.maxInFlight {
 		s.violate(4, "at %v the Producer held at least %d messages accepted and not yet confirmed or dead-lettered, above retry queue capacity %d + max in flight %d",
@@ -1360,6 +1380,7 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		}
 	}
 	sort.Slice(dials, func(i, j int) bool { return dials[i].Before(dials[j]) })
+	dials = s.startDials(dials)
 	for i := range dials {
 		j := i
 		for j < len(dials) && dials[j].Sub(dials[i]) < cfg.reconnectInitial {
