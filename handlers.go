@@ -165,7 +165,9 @@ func (p *Producer) ReadinessHandler() http.Handler {
 // full ("retry queue full", or "in-flight window full" without a buffer), or,
 // with buffering turned off ([WithRetryQueueCapacity](0, 0)), while it has no
 // usable connection ("connection state reconnecting", "connection state
-// blocked", ...) or its circuit breaker is open ("circuit breaker open"). The
+// blocked", ...) or its circuit breaker is open ("circuit breaker open"), or,
+// with a spool, while the spool's last write failed ("spool cannot write
+// (...)": a full disk; it becomes ready by itself once a write succeeds). The
 // error wraps [ErrNotReady] and gives every reason that holds, for example
 // "mlproducer: not ready: retry queue full".
 //
@@ -203,6 +205,11 @@ func (p *Producer) notReadyReason() string {
 	}
 	if p.bufferFull(live && !st.CircuitBreakerOpen) {
 		reasons = append(reasons, "retry queue full")
+	}
+	if p.spool != nil {
+		if r := p.spool.unavailable(); r != "" {
+			reasons = append(reasons, r)
+		}
 	}
 	return strings.Join(reasons, "; ")
 }

@@ -29,6 +29,7 @@ var (
 	bucketCorrupt = []byte("corrupt")
 	bucketMeta    = []byte("meta")
 	keyFormat     = []byte("format")
+	keyProbe      = []byte("probe") // written while the disk fails, to see it back
 )
 
 // spoolFormat is the version of the store's layout; recordVersion that of one
@@ -124,6 +125,9 @@ type spool struct {
 	quit   chan struct{}
 	exited chan struct{} // closed when the committer returns
 	wg     sync.WaitGroup
+
+	// failing holds the error of the last commit while commits fail.
+	failing atomic.Pointer[string]
 
 	// crashed makes the committer stop without committing what is pending,
 	// as a killed process would (tests only).
@@ -244,6 +248,14 @@ func (sp *spool) recover(path string) ([]spillEntry, error) {
 		return nil, fmt.Errorf("mlproducer: cannot read the spool %s: %w", path, err)
 	}
 	return left, nil
+}
+
+// unavailable returns why the spool cannot store messages now, or "".
+func (sp *spool) unavailable() string {
+	if msg := sp.failing.Load(); msg != nil {
+		return "spool cannot write (" + *msg + ")"
+	}
+	return ""
 }
 
 // newKey returns a key after every key in the store.
@@ -430,11 +442,24 @@ func (sp *spool) commit(batch []*putReq) error {
 		ops = nil // not the live map: it is read below without the lock
 	}
 	sp.mu.Unlock()
+	probe := false
 	if len(batch) == 0 && len(ops) == 0 {
-		return nil
+		if sp.failing.Load() == nil {
+			return nil
+		}
+		// The last write failed and nothing is waiting: try a write of
+		// our own, so that readiness comes back when the disk does.
+		probe = true
 	}
 	err := sp.safely(func() error {
 		return sp.db.Update(func(tx *bolt.Tx) error {
+			if probe {
+				meta := tx.Bucket(bucketMeta)
+				if meta == nil {
+					return errors.New("the meta bucket is missing")
+				}
+				return meta.Put(keyProbe, binary.BigEndian.AppendUint64(nil, uint64(time.Now().UnixNano())))
+			}
 			b := tx.Bucket(bucketRecords)
 			if b == nil {
 				return errors.New("the messages bucket is missing")
@@ -462,6 +487,12 @@ func (sp *spool) commit(batch []*putReq) error {
 			return nil
 		})
 	})
+	if err != nil {
+		msg := err.Error()
+		sp.failing.Store(&msg)
+	} else {
+		sp.failing.Store(nil)
+	}
 	if err != nil && len(ops) > 0 {
 		sp.mu.Lock()
 		for k, v := range ops {

@@ -110,9 +110,17 @@ func TestSpoolDiskFull(t *testing.T) {
 			require.ErrorIs(t, err, mlproducer.ErrSpoolUnavailable)
 		}
 		assert.Equal(t, len(accepted), p.Status().RetryQueueSize)
+		// A Producer that refuses every publish is not ready.
+		rerr := p.Ready()
+		require.ErrorIs(t, rerr, mlproducer.ErrNotReady)
+		assert.Contains(t, rerr.Error(), "spool cannot write")
 
-		// Space back: accepted again.
+		// Space back: ready again by itself (the spool tries a write of
+		// its own), and accepted again.
 		require.NoError(t, os.Remove(ballast))
+		for p.Ready() != nil {
+			time.Sleep(10 * time.Millisecond)
+		}
 		for range 5 {
 			n++
 			_, err := publish(n)
