@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hash/fnv"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -163,12 +164,18 @@ func openSpool(dir string, log *slog.Logger) (sp *spool, left []spillEntry, err 
 			err = fmt.Errorf("mlproducer: spool file %s is damaged (%v): move it aside to start with an empty spool; its intact records can then be read with go.etcd.io/bbolt", path, r)
 		}
 	}()
+	damagedMeta := checkMetaPages(path)
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 50 * time.Millisecond, FreelistType: bolt.FreelistMapType})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, nil, fmt.Errorf("mlproducer: spool dir %s is in use by another Producer (in this process or another): give each Producer its own dir, or Close the other first", dir)
 		}
 		return nil, nil, fmt.Errorf("mlproducer: cannot open the spool %s: %w (a file that is not a spool, or a damaged one: move it aside)", path, err)
+	}
+	if damagedMeta >= 0 {
+		log.Error("mlproducer: one of the spool file's two meta pages is damaged; bbolt opened the commit before it. "+
+			"After a crash during a commit this is expected and nothing is lost; otherwise the messages of the last commit may be missing",
+			slog.String("file", path), slog.Int("metaPage", damagedMeta))
 	}
 	sp = &spool{dir: dir, db: db, log: log, puts: make(chan *putReq, spoolMaxGroup), ops: make(map[uint64][]byte), quit: make(chan struct{}), exited: make(chan struct{})}
 	if left, err = sp.recover(path); err != nil {
@@ -178,6 +185,52 @@ func openSpool(dir string, log *slog.Logger) (sp *spool, left []spillEntry, err 
 	sp.wg.Add(1)
 	go sp.run()
 	return sp, left, nil
+}
+
+// checkMetaPages returns which of the two meta pages of the bbolt file at
+// path (0 or 1) fails its checksum while the other passes, or -1. bbolt then
+// opens the older commit without a word; the spool says so. The layout read
+// here is bbolt's file format: a 16-byte page header, then magic, version,
+// page size, flags, root bucket (16 bytes), freelist, high page, txid, and an
+// FNV-64a checksum of the 56 bytes before it, in the machine's byte order.
+func checkMetaPages(path string) int {
+	f, err := os.Open(path)
+	if err != nil {
+		return -1
+	}
+	defer f.Close()
+	hdr := make([]byte, 128)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return -1
+	}
+	valid := func(b []byte) (bool, uint32) {
+		m := b[16:]
+		if binary.NativeEndian.Uint32(m[0:4]) != 0xED0CDAED {
+			return false, 0
+		}
+		h := fnv.New64a()
+		h.Write(m[:56])
+		return h.Sum64() == binary.NativeEndian.Uint64(m[56:64]), binary.NativeEndian.Uint32(m[8:12])
+	}
+	ok0, psz := valid(hdr)
+	if !ok0 {
+		psz = uint32(os.Getpagesize())
+	}
+	if psz < 1024 || psz > 1<<20 {
+		return -1
+	}
+	page1 := make([]byte, 128)
+	if _, err := f.ReadAt(page1, int64(psz)); err != nil {
+		return -1
+	}
+	ok1, _ := valid(page1)
+	switch {
+	case ok0 && !ok1:
+		return 1
+	case ok1 && !ok0:
+		return 0
+	}
+	return -1
 }
 
 // recover checks the file and reads the index of what it holds. A record

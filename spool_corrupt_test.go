@@ -32,7 +32,7 @@ import (
 //	file truncated to half                   New fails: "spool file … is damaged (invalid freelist page …): move it aside …"
 //	file truncated to a few bytes            New fails: "cannot open the spool …: invalid database (a file that is not a spool, or a damaged one: move it aside)"
 //	bytes flipped in a data page's header    New fails: "spool file … is damaged (…)" (today), or opens and sends every record still readable, the unreadable ones moved to the "corrupt" bucket
-//	bytes flipped in the newest meta page    New opens on the other meta page (bbolt, silently): the records of the last commit are lost, every older one is sent
+//	bytes flipped in the newest meta page    New opens on the other meta page and logs an error saying the last commit may be missing; every older record is sent
 //	a record whose checksum fails            New opens; the record moves to the "corrupt" bucket and is logged (error level), never sent; every other record is sent
 //	a foreign file named mlproducer-spool.db New fails: "cannot open the spool …: invalid database (… move it aside)"
 //	an unrelated file beside the spool file  ignored
@@ -71,10 +71,11 @@ func TestSpoolDamagedDisk(t *testing.T) {
 			flip(t, spoolPath(dir), int64(newest)*psz+32, 8) // within the meta's fields, not its magic
 		}, func(t *testing.T, ids []string, o outcome) {
 			require.NoError(t, o.err)
-			// bbolt falls back to the other meta page, one commit older,
-			// without a word: the record of the last commit (one put
-			// here) is gone. A known limit of the store, reported to the
-			// spool's owner; this bounds it to that one commit.
+			// bbolt falls back to the other meta page, one commit older:
+			// the record of the last commit (one put here) is gone. The
+			// spool checks the meta pages itself and says so; this also
+			// bounds the loss to that one commit.
+			assert.Contains(t, o.logs, "meta pages is damaged")
 			got := countSent(ids, o.sent)
 			t.Logf("%d of %d records sent after the newest meta page was damaged", got, len(ids))
 			assert.GreaterOrEqual(t, got, len(ids)-1, "more than the last commit lost")
