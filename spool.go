@@ -432,6 +432,10 @@ func (sp *spool) commit(batch []*putReq) error {
 	ops := sp.ops
 	if len(ops) > 0 {
 		sp.ops = make(map[uint64][]byte, len(ops))
+	} else {
+		// Still sp.ops: ranging over it below, unlocked, would race with
+		// remove and setAttempts.
+		ops = nil
 	}
 	sp.mu.Unlock()
 	if len(batch) == 0 && len(ops) == 0 {
