@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,6 +24,7 @@ const (
 	kindRawNoConfirm              // one goroutine, no confirms
 	kindPublish                   // Producer.Publish, prebuilt body
 	kindSummarization             // Producer.PublishSummarization, encoding included
+	kindPublishSpool              // Producer.Publish with WithSpool, prebuilt body
 )
 
 // windowSize is the number of confirms raw-window keeps outstanding unless
@@ -65,6 +67,8 @@ func (s spec) name() string {
 		return fmt.Sprintf("producer-publish-%d", s.callers)
 	case kindSummarization:
 		return fmt.Sprintf("producer-summarization-%d", s.callers)
+	case kindPublishSpool:
+		return fmt.Sprintf("producer-spool-publish-%d", s.callers)
 	}
 	return "?"
 }
@@ -120,7 +124,7 @@ func (e *env) runCase(s spec) (outcome, error) {
 	}
 	defer adm.close()
 	switch s.kind {
-	case kindPublish, kindSummarization:
+	case kindPublish, kindSummarization, kindPublishSpool:
 		return e.runProducer(adm, s)
 	default:
 		return e.runRaw(adm, s)
@@ -294,9 +298,19 @@ func (e *env) newProducer(extra ...mlproducer.Option) (*mlproducer.Producer, err
 }
 
 // runProducer measures the Producer through Publish or PublishSummarization,
-// with its default options and topology.
+// with its default options and topology (and a fresh spool dir for
+// kindPublishSpool).
 func (e *env) runProducer(adm *admin, s spec) (outcome, error) {
-	p, err := e.newProducer()
+	var opts []mlproducer.Option
+	if s.kind == kindPublishSpool {
+		dir, err := e.newSpoolDir()
+		if err != nil {
+			return outcome{}, err
+		}
+		defer os.RemoveAll(dir)
+		opts = append(opts, mlproducer.WithSpool(dir))
+	}
+	p, err := e.newProducer(opts...)
 	if err != nil {
 		return outcome{}, err
 	}

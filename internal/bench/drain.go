@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/mlproducer/mlproducer"
@@ -50,7 +51,10 @@ func (d drainResult) drainRatio() float64 {
 // steady Publish calls (steadyCallers callers) on the same Producer and
 // connection right after. The Producer reaches the broker through a local
 // forwarder that refuses connections until the queue is full.
-func (e *env) runDrain(steadyCallers int) (drainResult, error) {
+//
+// With spool, the Producer has a fresh spool dir (spool-drain): the fill then
+// runs from spoolFillers goroutines, since each Publish waits for its sync.
+func (e *env) runDrain(steadyCallers int, spool bool) (drainResult, error) {
 	if err := e.lock.shared(); err != nil {
 		return drainResult{}, err
 	}
@@ -71,7 +75,7 @@ func (e *env) runDrain(steadyCallers int) (drainResult, error) {
 	defer fw.close()
 
 	n := e.cfg.drainMsgs
-	p, err := e.newProducer(
+	opts := []mlproducer.Option{
 		mlproducer.WithURLs(withHost(e.url, fw.addr())),
 		mlproducer.WithRetryQueueCapacity(200_000, 1<<30),
 		// Refused dials would otherwise open the breaker (10 failures)
@@ -79,7 +83,18 @@ func (e *env) runDrain(steadyCallers int) (drainResult, error) {
 		mlproducer.WithCircuitBreaker(1_000_000, time.Second),
 		// Reconnect soon after the forwarder lets connections through.
 		mlproducer.WithReconnectBackoff(10*time.Millisecond, 50*time.Millisecond),
-	)
+	}
+	fillers := 1
+	if spool {
+		dir, err := e.newSpoolDir()
+		if err != nil {
+			return drainResult{}, err
+		}
+		defer os.RemoveAll(dir)
+		opts = append(opts, mlproducer.WithSpool(dir), mlproducer.WithSpoolCapacity(2*n, 2<<30))
+		fillers = spoolFillers
+	}
+	p, err := e.newProducer(opts...)
 	if err != nil {
 		return drainResult{}, err
 	}
@@ -99,16 +114,8 @@ func (e *env) runDrain(steadyCallers int) (drainResult, error) {
 	stStart := p.Status()
 	res.heapBefore = heapInUse()
 	start := time.Now()
-	for i := range n {
-		b := make([]byte, len(body))
-		copy(b, body)
-		r, err := p.Publish(ctx, mlproducer.Message{Type: mlproducer.TaskSummarization, Body: b})
-		if err != nil {
-			return res, fmt.Errorf("fill: publish %d: %w", i, err)
-		}
-		if r.State != mlproducer.Queued {
-			return res, fmt.Errorf("fill: publish %d returned %v, want queued (is the forwarder refusing?)", i, r.State)
-		}
+	if err := fill(p, n, fillers, body); err != nil {
+		return res, err
 	}
 	res.fillRate = float64(n) / time.Since(start).Seconds()
 	res.heapFull = heapInUse()

@@ -25,6 +25,12 @@
 //   - retry-drain: the retry queue of a Producer that cannot reach the broker
 //     is filled with 1 KiB messages; its heap is measured, then it connects
 //     and the drain rate is compared with steady publishing.
+//   - producer-spool-publish-N (1 KiB only): producer-publish-N with
+//     WithSpool, beside it; spool-drain: retry-drain with the spool;
+//     spool-heap: the heap of a Producer holding 1,000,000 spooled messages
+//     (fake broker, dials refused; once per run, not under -quick). The
+//     spool dirs go under -spool-dir, whose filesystem is printed. Issue
+//     10's targets are checked in a table of their own.
 //
 // Every message is persistent and goes to a durable classic queue. Each case
 // warms up, then is measured for -duration: msg/s counts the calls that got
@@ -72,6 +78,12 @@ type config struct {
 	rawChannels int
 	// rawWindows are the windows of the raw-window cases.
 	rawWindows []int
+	// spoolBase is where the spool cases make their dirs; spoolFS says
+	// which filesystem that is.
+	spoolBase string
+	spoolFS   string
+	// spoolHeapMsgs is the spool-heap case's message count (0: skipped).
+	spoolHeapMsgs int
 }
 
 type env struct {
@@ -129,6 +141,8 @@ func parseFlags() (config, error) {
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&windows, "raw-windows", strconv.Itoa(windowSize), "confirms kept outstanding by the raw-window cases, comma-separated (e.g. 64,256: a 64 window is the most any client gets with 64 in flight; the ratios use 256)")
 	flag.IntVar(&cfg.rawChannels, "raw-channels", 1, "spread the callers of raw-N over this many channels of its connection (cases then named raw-N-chK; the ratios need 1)")
+	flag.StringVar(&cfg.spoolBase, "spool-dir", os.TempDir(), "where the spool cases make their dirs: on a real disk, not tmpfs (the filesystem is printed)")
+	flag.IntVar(&cfg.spoolHeapMsgs, "spool-heap-messages", 1_000_000, "messages held by the spool-heap case (0 skips it; -quick skips it unless given)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -145,6 +159,9 @@ func parseFlags() (config, error) {
 		if !set["drain-messages"] {
 			cfg.drainMsgs = 20_000
 		}
+		if !set["spool-heap-messages"] {
+			cfg.spoolHeapMsgs = 0
+		}
 	}
 	if duration <= 0 {
 		return cfg, errors.New("-duration must be > 0")
@@ -158,6 +175,9 @@ func parseFlags() (config, error) {
 	}
 	if cfg.rawChannels < 1 {
 		return cfg, errors.New("-raw-channels must be >= 1")
+	}
+	if cfg.spoolHeapMsgs < 0 {
+		return cfg, errors.New("-spool-heap-messages must be >= 0")
 	}
 	if cfg.drainMsgs < 1 {
 		return cfg, errors.New("-drain-messages must be >= 1")
@@ -182,15 +202,19 @@ func parseFlags() (config, error) {
 
 // plan is the order of one round: for each size, each caller count's raw
 // and Producer cases side by side, then the two single-goroutine raw cases;
-// then the drain case. Odd rounds run the same list backwards, so that a
+// then the drain cases. With 1 KiB bodies, each Producer publish case has its
+// spool twin beside it. Odd rounds run the same list backwards, so that a
 // case is not always the one that follows the same other.
-func plan(cfg config, round int) (specs []spec, drain bool) {
+func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 	for _, size := range cfg.sizes {
 		for _, n := range cfg.callers {
 			specs = append(specs,
 				spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels},
-				spec{kind: kindPublish, callers: n, size: size},
-				spec{kind: kindSummarization, callers: n, size: size})
+				spec{kind: kindPublish, callers: n, size: size})
+			if size == spoolSize {
+				specs = append(specs, spec{kind: kindPublishSpool, callers: n, size: size})
+			}
+			specs = append(specs, spec{kind: kindSummarization, callers: n, size: size})
 		}
 		for _, w := range cfg.rawWindows {
 			specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size, window: w})
@@ -204,7 +228,8 @@ func plan(cfg config, round int) (specs []spec, drain bool) {
 		slices.Reverse(specs)
 	}
 	drain = cfg.only == nil || cfg.only.MatchString(drainName)
-	return specs, drain
+	spoolDrain = cfg.only == nil || cfg.only.MatchString(spoolDrainNm)
+	return specs, drain, spoolDrain
 }
 
 func run() int {
@@ -238,6 +263,19 @@ func run() int {
 			return 2
 		}
 		e.contents[size] = filler(size)
+	}
+	if err := os.MkdirAll(cfg.spoolBase, 0o700); err != nil {
+		logf("-spool-dir: %v", err)
+		return 2
+	}
+	fs, inMemory := fsInfo(cfg.spoolBase)
+	cfg.spoolFS = fs
+	e.cfg.spoolFS = fs
+	logf("spool dirs under %s, on %s", cfg.spoolBase, fs)
+	if inMemory {
+		logf("WARNING: -spool-dir %s is in memory: its syncs cost nothing and the spool figures say nothing about a disk", cfg.spoolBase)
+		e.cfg.spoolFS += " — WARNING: in memory, not a disk"
+		cfg.spoolFS = e.cfg.spoolFS
 	}
 	if u, err := url.Parse(e.url); err == nil {
 		e.probe = newProbe(u.Hostname())
@@ -273,13 +311,33 @@ func run() int {
 	failed := false
 	steadyCallers := slices.Max(cfg.callers)
 	started := time.Now()
+	runSpoolDrain := func(round int) {
+		d, err := e.runDrain(steadyCallers, true)
+		if err != nil {
+			logf("round %d %s: ERROR: %v", round+1, spoolDrainNm, err)
+			d.bad, d.check = true, "ERROR: "+err.Error()
+		} else {
+			logf("round %d %-26s fill %s msg/s, drain %s msg/s, steady %s msg/s (ratio %.2f) %s",
+				round+1, spoolDrainNm, fmtRate(d.fillRate), fmtRate(d.drainRate), fmtRate(d.steadyRate), d.drainRatio(), d.check)
+		}
+		failed = failed || d.bad
+		res.spoolDrains = append(res.spoolDrains, d)
+	}
 	for round := range cfg.repeat {
-		specs, drain := plan(cfg, round)
+		specs, drain, spoolDrain := plan(cfg, round)
 		runDrain := func() {
+			if spoolDrain && round%2 == 1 {
+				runSpoolDrain(round)
+			}
+			defer func() {
+				if spoolDrain && round%2 == 0 {
+					runSpoolDrain(round)
+				}
+			}()
 			if !drain {
 				return
 			}
-			d, err := e.runDrain(steadyCallers)
+			d, err := e.runDrain(steadyCallers, false)
 			if err != nil {
 				logf("round %d %s: ERROR: %v", round+1, drainName, err)
 				d.bad, d.check = true, "ERROR: "+err.Error()
@@ -313,9 +371,22 @@ func run() int {
 			runDrain()
 		}
 	}
+	if cfg.spoolHeapMsgs > 0 && (cfg.only == nil || cfg.only.MatchString(spoolHeapName)) {
+		logf("%s: filling a spool with %d messages (broker down: the fake, every dial refused)", spoolHeapName, cfg.spoolHeapMsgs)
+		h := e.runSpoolHeap(cfg.spoolHeapMsgs)
+		if h.err != nil {
+			logf("%s: ERROR: %v", spoolHeapName, h.err)
+			failed = true
+		} else {
+			logf("%s: %d spooled: HeapAlloc %s, HeapInuse %s (before: %s, %s), file %s, fill %s msg/s", spoolHeapName, h.msgs,
+				fmtBytes(h.full.alloc), fmtBytes(h.full.inuse), fmtBytes(h.before.alloc), fmtBytes(h.before.inuse), fmtBytes(uint64(h.fileBytes)), fmtRate(h.fillRate))
+		}
+		res.heap = &h
+	}
 	logf("done in %v", time.Since(started).Round(time.Second))
 
 	report(os.Stdout, cfg, info, &res, steadyCallers)
+	spoolReport(os.Stdout, cfg, &res, steadyCallers)
 	if failed {
 		fmt.Println("\n**DELIVERY CHECK FAILED** (or a case failed): see the delivery column above.")
 		logf("DELIVERY CHECK FAILED or a case failed: exit status 1")
@@ -329,6 +400,9 @@ type results struct {
 	order  []spec // first-seen order; sorted for the report
 	byKey  map[string][]outcome
 	drains []drainResult
+	// spoolDrains and heap are the spool cases (issue 10).
+	spoolDrains []drainResult
+	heap        *heapResult
 }
 
 func (r *results) has(s spec) bool { _, ok := r.byKey[s.key()]; return ok }

@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"io"
 	"net"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -116,4 +118,17 @@ func TestForwarder(t *testing.T) {
 	}
 	c.Close()
 	<-done
+}
+
+func TestFSInfo(t *testing.T) {
+	desc, mem := fsInfo(t.TempDir())
+	if desc == "" || strings.HasPrefix(desc, "unknown") {
+		t.Errorf("fsInfo(TempDir) = %q", desc)
+	}
+	// /dev/shm is tmpfs on Linux: fsInfo must call it memory.
+	if b, err := os.ReadFile("/proc/self/mounts"); err == nil && strings.Contains(string(b), " /dev/shm tmpfs ") {
+		if desc, mem = fsInfo("/dev/shm"); !mem || !strings.HasPrefix(desc, "tmpfs") {
+			t.Errorf("fsInfo(/dev/shm) = %q, %v; want tmpfs, in memory", desc, mem)
+		}
+	}
 }
