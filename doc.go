@@ -7,7 +7,8 @@
 //
 // Delivery is at-least-once and nothing is lost silently. A publish returns an
 // error only when the Producer did not take the message (invalid task,
-// closed, retry queue full, or ctx ended before the hand-off); then nothing
+// closed, buffer full, circuit open with buffering off, the spool's disk
+// refusing the write, or ctx ended before the hand-off); then nothing
 // was sent or kept. A nil error means the Producer owns the message until the
 // broker confirms it (publisher confirms, basic.ack) or, when its retries run
 // out or [Producer.Close] ends first, hands it to the dead-letter hook

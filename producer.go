@@ -268,7 +268,8 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 // An error means the message was not taken: an [*InvalidTaskError],
 // [ErrClosed], [ErrRetryQueueFull] (the message would have to wait and the
 // buffer is full, or there is none: [WithRetryQueueCapacity](0, 0)),
-// [ErrCircuitOpen] (only without a buffer, while the breaker is open), or
+// [ErrCircuitOpen] (only without a buffer, while the breaker is open),
+// [ErrSpoolUnavailable] (with [WithSpool], the disk refused the write), or
 // ctx's error when ctx ended before the hand-off.
 func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 	if err := p.cfg.limits.validateMessage(&msg); err != nil {
