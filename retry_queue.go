@@ -247,7 +247,9 @@ func (p *Producer) backoffFor(m *message) time.Duration {
 			m.backoff.NextBackOff()
 		}
 	}
-	return m.backoff.NextBackOff()
+	// cenkalti/backoff applies its jitter after the cap, so a draw at the
+	// cap can reach 1.5x it: the documented maximum is the maximum.
+	return min(m.backoff.NextBackOff(), p.cfg.retryMax)
 }
 
 // enqueueRetry puts a new message straight into the retry queue (no
