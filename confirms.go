@@ -353,16 +353,20 @@ func (s *session) write(ex string, batch []*attempt) bool {
 		}
 		m := a.m
 		m.sentAt.Store(time.Now().UnixNano())
-		tag, err := s.ch.Publish(s.ctx, ex, m.typ.RoutingKey(), true, transport.Publishing{
+		pub := transport.Publishing{
 			ContentType: "application/json",
 			MessageID:   m.id,
 			Timestamp:   time.Unix(0, m.created),
 			Type:        string(m.typ),
 			AppID:       s.p.cfg.appID,
 			Persistent:  true,
-			Headers:     s.p.attemptHeaders(a.n),
+			Headers:     s.p.headersFor(m, a.n),
 			Body:        m.body,
-		})
+		}
+		if md := m.meta; md != nil {
+			pub.Priority, pub.Expiration, pub.CorrelationID = md.priority, md.expiration, md.correlationID
+		}
+		tag, err := s.ch.Publish(s.ctx, ex, m.typ.RoutingKey(), true, pub)
 		if err == nil && tag != a.tag {
 			err = fmt.Errorf("mlproducer: delivery tag %d from the channel, %d expected", tag, a.tag)
 		}

@@ -77,8 +77,9 @@ type message struct {
 	id      string
 	typ     TaskType
 	body    []byte
-	created int64  // unix nanos
-	key     uint64 // the spool's key; 0 without a spool
+	created int64    // unix nanos
+	key     uint64   // the spool's key; 0 without a spool
+	meta    *msgMeta // the publish options' metadata; nil for none
 
 	final    atomic.Uint32 // 0 live, finalConfirmed or finalDead
 	notified atomic.Bool
@@ -271,10 +272,18 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 // [ErrCircuitOpen] (only without a buffer, while the breaker is open),
 // [ErrSpoolUnavailable] (with [WithSpool], the disk refused the write), or
 // ctx's error when ctx ended before the hand-off.
-func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
+func (p *Producer) Publish(ctx context.Context, msg Message, opts ...PublishOption) (Receipt, error) {
 	if err := p.cfg.limits.validateMessage(&msg); err != nil {
 		p.metrics.count(msg.Type, outInvalid)
 		return Receipt{}, err
+	}
+	optID, meta, err := applyPublishOptions(opts)
+	if err != nil {
+		p.metrics.count(msg.Type, outInvalid)
+		return Receipt{}, err
+	}
+	if optID != "" {
+		msg.ID = optID
 	}
 	// The caller may reuse its buffer once Publish returns: keep a copy of
 	// the bytes that were validated.
@@ -290,7 +299,7 @@ func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 			return Receipt{}, err
 		}
 	}
-	return p.submit(ctx, done, id, msg.Type, body, time.Now())
+	return p.submit(ctx, done, id, msg.Type, body, time.Now(), meta)
 }
 
 func newMessageID() (string, error) {
@@ -370,8 +379,8 @@ func (p *Producer) release(size int) {
 
 // submit hands a begun message to the session, or to the retry queue, and
 // waits for its first outcome or ctx.
-func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time) (Receipt, error) {
-	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1}
+func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time, meta *msgMeta) (Receipt, error) {
+	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1, meta: meta}
 	if !p.hold(len(body)) {
 		p.admit.RUnlock()
 		notSent(done)

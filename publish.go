@@ -14,8 +14,13 @@ import (
 // nil error means the Producer owns
 // the message; the [Receipt] gives its ID and how far it got before ctx ended
 // or the confirm timeout passed.
-func (p *Producer) PublishSummarization(ctx context.Context, shareID, content string, opts SummarizationOptions) (Receipt, error) {
+func (p *Producer) PublishSummarization(ctx context.Context, shareID, content string, opts SummarizationOptions, popts ...PublishOption) (Receipt, error) {
 	size, err := p.cfg.limits.validateSummarization(shareID, content, &opts)
+	if err != nil {
+		p.metrics.count(TaskSummarization, outInvalid)
+		return Receipt{}, err
+	}
+	optID, meta, err := applyPublishOptions(popts)
 	if err != nil {
 		p.metrics.count(TaskSummarization, outInvalid)
 		return Receipt{}, err
@@ -24,21 +29,26 @@ func (p *Producer) PublishSummarization(ctx context.Context, shareID, content st
 	if err != nil {
 		return Receipt{}, err
 	}
-	id, err := newMessageID()
+	id, err := messageID(optID)
 	if err != nil {
 		p.abandon(done)
 		return Receipt{}, err
 	}
 	now := time.Now()
 	body := appendSummarizationBody(make([]byte, 0, size), id, now, shareID, content, &opts)
-	return p.submit(ctx, done, id, TaskSummarization, body, now)
+	return p.submit(ctx, done, id, TaskSummarization, body, now, meta)
 }
 
 // PublishTranscription publishes a transcription task for the share shareID
 // of the audio or video at mediaURL (by default an https, http, s3 or gs
 // URL). It behaves as [Producer.PublishSummarization].
-func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL string, opts TranscriptionOptions) (Receipt, error) {
+func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL string, opts TranscriptionOptions, popts ...PublishOption) (Receipt, error) {
 	size, err := p.cfg.limits.validateTranscription(shareID, mediaURL, &opts)
+	if err != nil {
+		p.metrics.count(TaskTranscription, outInvalid)
+		return Receipt{}, err
+	}
+	optID, meta, err := applyPublishOptions(popts)
 	if err != nil {
 		p.metrics.count(TaskTranscription, outInvalid)
 		return Receipt{}, err
@@ -47,20 +57,25 @@ func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL s
 	if err != nil {
 		return Receipt{}, err
 	}
-	id, err := newMessageID()
+	id, err := messageID(optID)
 	if err != nil {
 		p.abandon(done)
 		return Receipt{}, err
 	}
 	now := time.Now()
 	body := appendTranscriptionBody(make([]byte, 0, size), id, now, shareID, mediaURL, &opts)
-	return p.submit(ctx, done, id, TaskTranscription, body, now)
+	return p.submit(ctx, done, id, TaskTranscription, body, now, meta)
 }
 
 // PublishEmbedding publishes an embedding task for the share shareID with the
 // text content. It behaves as [Producer.PublishSummarization].
-func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string, opts EmbeddingOptions) (Receipt, error) {
+func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string, opts EmbeddingOptions, popts ...PublishOption) (Receipt, error) {
 	size, err := p.cfg.limits.validateEmbedding(shareID, content, &opts)
+	if err != nil {
+		p.metrics.count(TaskEmbedding, outInvalid)
+		return Receipt{}, err
+	}
+	optID, meta, err := applyPublishOptions(popts)
 	if err != nil {
 		p.metrics.count(TaskEmbedding, outInvalid)
 		return Receipt{}, err
@@ -69,12 +84,20 @@ func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string
 	if err != nil {
 		return Receipt{}, err
 	}
-	id, err := newMessageID()
+	id, err := messageID(optID)
 	if err != nil {
 		p.abandon(done)
 		return Receipt{}, err
 	}
 	now := time.Now()
 	body := appendEmbeddingBody(make([]byte, 0, size), id, now, shareID, content, &opts)
-	return p.submit(ctx, done, id, TaskEmbedding, body, now)
+	return p.submit(ctx, done, id, TaskEmbedding, body, now, meta)
+}
+
+// messageID returns the id a publish option gave, or a new UUIDv7.
+func messageID(given string) (string, error) {
+	if given != "" {
+		return given, nil
+	}
+	return newMessageID()
 }

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/mlproducer/mlproducer/transport"
 	bolterrors "go.etcd.io/bbolt/errors"
 )
 
@@ -51,10 +53,132 @@ const spoolFlushEvery = 50 * time.Millisecond
 // recordMeta is what a record keeps besides the body. Fields are only ever
 // added, so every version reads the older records.
 type recordMeta struct {
-	ID       string   `json:"id"`
-	Type     TaskType `json:"type"`
-	Created  int64    `json:"created"`
-	Attempts int      `json:"attempts,omitempty"`
+	ID            string         `json:"id"`
+	Type          TaskType       `json:"type"`
+	Created       int64          `json:"created"`
+	Attempts      int            `json:"attempts,omitempty"`
+	Headers       []recordHeader `json:"headers,omitempty"`
+	Priority      uint8          `json:"priority,omitempty"`
+	Expiration    string         `json:"expiration,omitempty"`
+	CorrelationID string         `json:"correlationId,omitempty"`
+}
+
+// recordHeader is one header of WithHeaders, with its Go type, so that a
+// message sent again after a restart carries the same AMQP field types.
+type recordHeader struct {
+	K string          `json:"k"`
+	T string          `json:"t"`
+	V json.RawMessage `json:"v"`
+}
+
+// encodeHeaders writes the headers of WithHeaders with their types.
+func encodeHeaders(t transport.Table) []recordHeader {
+	out := make([]recordHeader, 0, len(t))
+	for k, v := range t {
+		var typ string
+		switch v.(type) {
+		case bool:
+			typ = "bool"
+		case string:
+			typ = "string"
+		case []byte:
+			typ = "bytes"
+		case int:
+			typ = "int"
+		case int8:
+			typ = "int8"
+		case int16:
+			typ = "int16"
+		case int32:
+			typ = "int32"
+		case int64:
+			typ = "int64"
+		case uint8:
+			typ = "uint8"
+		case uint16:
+			typ = "uint16"
+		case uint32:
+			typ = "uint32"
+		case float32:
+			typ = "float32"
+		case float64:
+			typ = "float64"
+		case time.Time:
+			typ = "time"
+		default:
+			continue // checkHeaders lets no other type in
+		}
+		raw, err := json.Marshal(v)
+		if err != nil {
+			continue // a NaN float: json cannot hold it; see checkHeaders
+		}
+		out = append(out, recordHeader{K: k, T: typ, V: raw})
+	}
+	return out
+}
+
+// decodeHeaders reads headers written by encodeHeaders.
+func decodeHeaders(hs []recordHeader) (transport.Table, error) {
+	t := make(transport.Table, len(hs))
+	for _, h := range hs {
+		var err error
+		var v any
+		switch h.T {
+		case "bool":
+			var x bool
+			err = json.Unmarshal(h.V, &x)
+			v = x
+		case "string":
+			var x string
+			err = json.Unmarshal(h.V, &x)
+			v = x
+		case "bytes":
+			var x []byte
+			err = json.Unmarshal(h.V, &x)
+			v = x
+		case "time":
+			var x time.Time
+			err = json.Unmarshal(h.V, &x)
+			v = x
+		case "float32", "float64":
+			var x float64
+			err = json.Unmarshal(h.V, &x)
+			if h.T == "float32" {
+				v = float32(x)
+			} else {
+				v = x
+			}
+		default:
+			var x int64
+			if err = json.Unmarshal(h.V, &x); err == nil {
+				switch h.T {
+				case "int":
+					v = int(x)
+				case "int8":
+					v = int8(x)
+				case "int16":
+					v = int16(x)
+				case "int32":
+					v = int32(x)
+				case "int64":
+					v = x
+				case "uint8":
+					v = uint8(x)
+				case "uint16":
+					v = uint16(x)
+				case "uint32":
+					v = uint32(x)
+				default:
+					err = fmt.Errorf("header %q has unknown type %q", h.K, h.T)
+				}
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("header %q: %w", h.K, err)
+		}
+		t[h.K] = v
+	}
+	return t, nil
 }
 
 // A record is: version (1 byte), CRC-32C of the rest (4 bytes, big endian),
@@ -62,7 +186,14 @@ type recordMeta struct {
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
 func encodeRecord(m *message, attempts int) []byte {
-	meta, _ := json.Marshal(recordMeta{ID: m.id, Type: m.typ, Created: m.created, Attempts: attempts})
+	rm := recordMeta{ID: m.id, Type: m.typ, Created: m.created, Attempts: attempts}
+	if md := m.meta; md != nil {
+		rm.Priority, rm.Expiration, rm.CorrelationID = md.priority, md.expiration, md.correlationID
+		if len(md.headers) > 0 {
+			rm.Headers = encodeHeaders(md.headers)
+		}
+	}
+	meta, _ := json.Marshal(rm)
 	buf := make([]byte, 5, 5+binary.MaxVarintLen64+len(meta)+len(m.body))
 	buf[0] = recordVersion
 	buf = binary.AppendUvarint(buf, uint64(len(meta)))
@@ -635,6 +766,14 @@ func (s *spoolRetryStore) pop() (*message, error) {
 		m := &message{
 			id: rm.ID, typ: rm.Type, body: body, created: rm.Created,
 			key: e.key, heapIndex: -1, attempts: int(e.attempts),
+		}
+		if rm.Headers != nil || rm.Priority != 0 || rm.Expiration != "" || rm.CorrelationID != "" {
+			m.meta = &msgMeta{priority: rm.Priority, expiration: rm.Expiration, correlationID: rm.CorrelationID}
+			if rm.Headers != nil {
+				if m.meta.headers, err = decodeHeaders(rm.Headers); err != nil {
+					return nil, fmt.Errorf("mlproducer: spool record %d in %s: %w", e.key, s.sp.dir, err)
+				}
+			}
 		}
 		m.sends.Store(int32(e.sends))
 		return m, nil

@@ -381,13 +381,16 @@ func watchChannel(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return,
 
 func (c *amqpChannel) Publish(ctx context.Context, exchange, key string, mandatory bool, msg Publishing) (uint64, error) {
 	p := amqp.Publishing{
-		ContentType: msg.ContentType,
-		MessageId:   msg.MessageID,
-		Timestamp:   msg.Timestamp,
-		Type:        msg.Type,
-		AppId:       msg.AppID,
-		Headers:     amqp.Table(msg.Headers),
-		Body:        msg.Body,
+		ContentType:   msg.ContentType,
+		MessageId:     msg.MessageID,
+		CorrelationId: msg.CorrelationID,
+		Timestamp:     msg.Timestamp,
+		Type:          msg.Type,
+		AppId:         msg.AppID,
+		Priority:      msg.Priority,
+		Expiration:    msg.Expiration,
+		Headers:       amqp.Table(msg.Headers),
+		Body:          msg.Body,
 	}
 	if msg.Persistent {
 		p.DeliveryMode = amqp.Persistent

@@ -142,12 +142,15 @@ type ReplyCoder interface {
 
 // Publishing is one message as sent on the wire.
 type Publishing struct {
-	ContentType string
-	MessageID   string
-	Timestamp   time.Time
-	Type        string
-	AppID       string
-	Persistent  bool
-	Headers     Table
-	Body        []byte
+	ContentType   string
+	MessageID     string
+	CorrelationID string
+	Timestamp     time.Time
+	Type          string
+	AppID         string
+	Persistent    bool
+	Priority      uint8  // 0 to 9; 0 is AMQP's default
+	Expiration    string // per-message TTL in milliseconds; "" for none
+	Headers       Table
+	Body          []byte
 }
