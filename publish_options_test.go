@@ -199,12 +199,14 @@ func TestRabbitMQPublishOptions(t *testing.T) {
 	require.Equal(t, mlproducer.Confirmed, r.State)
 
 	rabbittest.CloseAllConnections(t)
-	r, err = p.PublishSummarization(ctx, "s", "text", mlproducer.SummarizationOptions{}, every("rabbit-2")...)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel2()
+	r, err = p.PublishSummarization(ctx2, "s", "text", mlproducer.SummarizationOptions{}, every("rabbit-2")...)
 	require.NoError(t, err)
 	if r.State != mlproducer.Confirmed {
 		for p.Status().PendingConfirms+p.Status().RetryQueueSize > 0 {
 			time.Sleep(10 * time.Millisecond)
-			require.NoError(t, ctx.Err(), "the message queued across the reconnect was not confirmed")
+			require.NoError(t, ctx2.Err(), "the message queued across the reconnect was not confirmed")
 		}
 	}
 	require.NoError(t, closeProducer(t, p))
