@@ -82,6 +82,8 @@ type config struct {
 	topology          Topology
 	logger            *slog.Logger
 	tlsConfig         *tls.Config
+	tlsSet            bool // WithTLSConfig was given, even with nil
+	plaintextAllowed  bool // WithPlaintextAllowed: amqp:// beside WithTLSConfig
 	dialer            transport.Dialer
 	deadLetter        func(DeadLetter)
 	registerer        prometheus.Registerer
@@ -131,6 +133,11 @@ func (c *config) validate() error {
 	for _, u := range c.urls {
 		if err := checkURL(u); err != nil {
 			return optErr("WithURLs", redactURL(u), err.Error())
+		}
+		if c.tlsSet && !c.plaintextAllowed && strings.HasPrefix(strings.ToLower(u), "amqp://") {
+			return optErr("WithURLs", redactURL(u), "an amqp:// URL connects in plain text, "+
+				"so with WithTLSConfig it would send the password in clear; use amqps:// "+
+				"(or WithPlaintextAllowed to mean plain text)")
 		}
 	}
 	switch {
@@ -402,10 +409,20 @@ func WithTopology(t Topology) Option {
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
 // WithTLSConfig sets the TLS configuration for amqps URLs. Default: the
-// system roots, with the server certificate verified. It applies to amqps
-// URLs only: an amqp URL, also one after an amqps URL in a failover list,
-// connects in plain text; to require TLS, list only amqps URLs.
-func WithTLSConfig(t *tls.Config) Option { return func(c *config) { c.tlsConfig = t } }
+// system roots, with the server certificate verified (nil means that
+// default too). TLS is spoken on amqps URLs only, so once WithTLSConfig is
+// given [New] refuses an amqp URL, also one after an amqps URL in a failover
+// list: it would send the user name and password in clear. Pass
+// [WithPlaintextAllowed] to mean plain text on those URLs.
+func WithTLSConfig(t *tls.Config) Option {
+	return func(c *config) { c.tlsConfig, c.tlsSet = t, true }
+}
+
+// WithPlaintextAllowed lets amqp:// URLs stand beside [WithTLSConfig]: they
+// connect in plain text, credentials included, while the amqps:// URLs of the
+// list use TLS. Without it, [New] refuses that mix. Without WithTLSConfig,
+// amqp:// URLs are allowed anyway and this option changes nothing.
+func WithPlaintextAllowed() Option { return func(c *config) { c.plaintextAllowed = true } }
 
 // WithDialer replaces the transport, for tests: pass an
 // [github.com/mlproducer/mlproducer/mlproducertest.Broker] to run a real
