@@ -460,6 +460,20 @@ func WithMediaURLSchemes(schemes ...string) Option {
 	return func(c *config) { c.limits.mediaSchemes = append([]string(nil), schemes...) }
 }
 
+// WithPrivateMediaHosts lets a transcription's media URL name an internal
+// host. By default the Producer and [DecodeTask] refuse a media URL whose
+// host is "localhost" (or a subdomain of it), or an IP address that is
+// loopback, link-local, private (RFC 1918, 100.64.0.0/10, RFC 4193),
+// unspecified (0.0.0.0/8, ::) or a cloud metadata address (169.254.169.254,
+// fd00:ec2::254), in any form net/netip parses (IPv4-mapped IPv6 and zones
+// included), or a number some resolvers read as an address (127.1,
+// 2130706433): workers fetch media URLs, so such a task would make them
+// reach inside the network. Other host names are not resolved, so a name
+// whose DNS points inside passes; a worker that must be safe from that
+// checks the address it connects to. Use this option where the media store
+// is internal (a MinIO on the LAN, tests), and give it to DecodeTask too.
+func WithPrivateMediaHosts() Option { return func(c *config) { c.limits.privateHosts = true } }
+
 // WithConnectionName sets the name the connection shows in the broker's
 // management UI. Default "mlproducer".
 func WithConnectionName(name string) Option { return func(c *config) { c.connectionName = name } }
