@@ -82,6 +82,8 @@ type config struct {
 	topology          Topology
 	logger            *slog.Logger
 	tlsConfig         *tls.Config
+	tlsSet            bool // WithTLSConfig was given, even with nil
+	plaintextAllowed  bool // WithPlaintextAllowed: amqp:// beside WithTLSConfig
 	dialer            transport.Dialer
 	deadLetter        func(DeadLetter)
 	registerer        prometheus.Registerer
@@ -131,6 +133,11 @@ func (c *config) validate() error {
 	for _, u := range c.urls {
 		if err := checkURL(u); err != nil {
 			return optErr("WithURLs", redactURL(u), err.Error())
+		}
+		if c.tlsSet && !c.plaintextAllowed && strings.HasPrefix(strings.ToLower(u), "amqp://") {
+			return optErr("WithURLs", redactURL(u), "an amqp:// URL connects in plain text, "+
+				"so with WithTLSConfig it would send the password in clear; use amqps:// "+
+				"(or WithPlaintextAllowed to mean plain text)")
 		}
 	}
 	switch {
@@ -402,10 +409,20 @@ func WithTopology(t Topology) Option {
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
 
 // WithTLSConfig sets the TLS configuration for amqps URLs. Default: the
-// system roots, with the server certificate verified. It applies to amqps
-// URLs only: an amqp URL, also one after an amqps URL in a failover list,
-// connects in plain text; to require TLS, list only amqps URLs.
-func WithTLSConfig(t *tls.Config) Option { return func(c *config) { c.tlsConfig = t } }
+// system roots, with the server certificate verified (nil means that
+// default too). TLS is spoken on amqps URLs only, so once WithTLSConfig is
+// given [New] refuses an amqp URL, also one after an amqps URL in a failover
+// list: it would send the user name and password in clear. Pass
+// [WithPlaintextAllowed] to mean plain text on those URLs.
+func WithTLSConfig(t *tls.Config) Option {
+	return func(c *config) { c.tlsConfig, c.tlsSet = t, true }
+}
+
+// WithPlaintextAllowed lets amqp:// URLs stand beside [WithTLSConfig]: they
+// connect in plain text, credentials included, while the amqps:// URLs of the
+// list use TLS. Without it, [New] refuses that mix. Without WithTLSConfig,
+// amqp:// URLs are allowed anyway and this option changes nothing.
+func WithPlaintextAllowed() Option { return func(c *config) { c.plaintextAllowed = true } }
 
 // WithDialer replaces the transport, for tests: pass an
 // [github.com/mlproducer/mlproducer/mlproducertest.Broker] to run a real
@@ -442,6 +459,20 @@ func WithMaxContentBytes(n int) Option {
 func WithMediaURLSchemes(schemes ...string) Option {
 	return func(c *config) { c.limits.mediaSchemes = append([]string(nil), schemes...) }
 }
+
+// WithPrivateMediaHosts lets a transcription's media URL name an internal
+// host. By default the Producer and [DecodeTask] refuse a media URL whose
+// host is "localhost" (or a subdomain of it), or an IP address that is
+// loopback, link-local, private (RFC 1918, 100.64.0.0/10, RFC 4193),
+// unspecified (0.0.0.0/8, ::) or a cloud metadata address (169.254.169.254,
+// fd00:ec2::254), in any form net/netip parses (IPv4-mapped IPv6 and zones
+// included), or a number some resolvers read as an address (127.1,
+// 2130706433): workers fetch media URLs, so such a task would make them
+// reach inside the network. Other host names are not resolved, so a name
+// whose DNS points inside passes; a worker that must be safe from that
+// checks the address it connects to. Use this option where the media store
+// is internal (a MinIO on the LAN, tests), and give it to DecodeTask too.
+func WithPrivateMediaHosts() Option { return func(c *config) { c.limits.privateHosts = true } }
 
 // WithConnectionName sets the name the connection shows in the broker's
 // management UI. Default "mlproducer".

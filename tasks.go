@@ -3,6 +3,7 @@ package mlproducer
 import (
 	"bytes"
 	"encoding/json"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -156,6 +157,7 @@ type taskLimits struct {
 	maxContent   int      // bytes; default 1 MiB
 	maxBody      int      // bytes; default maxContent + 64 KiB
 	mediaSchemes []string // compared case-insensitively; default https, http, s3, gs
+	privateHosts bool     // WithPrivateMediaHosts: media URLs may name internal hosts
 }
 
 // defaultTaskLimits returns the default limits. The scheme slice is new on
@@ -305,7 +307,7 @@ func (l *taskLimits) validateTranscription(shareID, mediaURL string, o *Transcri
 	if err := checkShareID(shareID, l.shareIDLimit()); err != nil {
 		return 0, err
 	}
-	if err := checkMediaURL(mediaURL, l.schemeAllowed); err != nil {
+	if err := l.checkMediaURL(mediaURL); err != nil {
 		return 0, err
 	}
 	if err := checkTranscriptionOptions(o); err != nil {
@@ -421,9 +423,11 @@ func checkContent(s string, limit int) error {
 }
 
 // checkMediaURL checks a media URL: at most 4096 bytes, absolute, with a
-// scheme that allowed accepts, a host (the bucket for s3 and gs), and no
-// user information. Reasons never repeat the URL, which may hold secrets.
-func checkMediaURL(s string, allowed func(scheme string) bool) error {
+// scheme that l allows, a host (the bucket for s3 and gs), no user
+// information and, unless l allows private hosts, a host that is not
+// internal (see internalHost). Reasons never repeat the URL, which may hold
+// secrets.
+func (l *taskLimits) checkMediaURL(s string) error {
 	if s == "" {
 		return invalid("mediaUrl", "is required")
 	}
@@ -441,16 +445,95 @@ func checkMediaURL(s string, allowed func(scheme string) bool) error {
 	if u.Scheme == "" {
 		return invalid("mediaUrl", "is not an absolute URL")
 	}
-	if !allowed(u.Scheme) {
+	if !l.schemeAllowed(u.Scheme) {
 		return invalid("mediaUrl", "scheme "+strconv.Quote(u.Scheme)+" is not allowed")
 	}
 	if u.User != nil {
 		return invalid("mediaUrl", "must not contain user information; credentials do not belong in task bodies")
 	}
-	if u.Hostname() == "" {
+	host := u.Hostname()
+	if host == "" {
 		return invalid("mediaUrl", "has no host (for s3 and gs: no bucket)")
 	}
+	if !l.privateHosts {
+		if why := internalHost(host); why != "" {
+			return invalid("mediaUrl", "host is "+why+"; workers fetch media URLs, so internal hosts are refused "+
+				"(WithPrivateMediaHosts allows them, given to New and DecodeTask alike)")
+		}
+	}
 	return nil
+}
+
+// Address ranges a media URL may not name by default, beside what netip
+// classifies as loopback, private, link-local or unspecified.
+var (
+	// thisNetwork is 0.0.0.0/8: Linux connects 0.x.y.z to the local host.
+	thisNetwork = netip.MustParsePrefix("0.0.0.0/8")
+	// sharedSpace is 100.64.0.0/10 (carrier-grade NAT), where some clouds
+	// put their metadata service (100.100.100.200).
+	sharedSpace = netip.MustParsePrefix("100.64.0.0/10")
+	// nat64 is 64:ff9b::/96, which embeds an IPv4 address.
+	nat64 = netip.MustParsePrefix("64:ff9b::/96")
+)
+
+// internalHost says what kind of internal host host is ("a loopback
+// address", ...), or returns "" for a host a worker may fetch from. host is
+// a URL's Hostname: an IP literal in any form netip parses (IPv4, IPv6,
+// IPv4-mapped IPv6, with a zone), or a name. Of names only "localhost" and
+// its subdomains are refused: others are not resolved, so a name whose DNS
+// points inside is not caught (a worker that must be safe from that checks
+// the address it connects to). Numbers in the forms inet_aton reads (127.1,
+// 2130706433, 0x7f.1) are refused too, since some resolvers take them for
+// addresses.
+func internalHost(host string) string {
+	host = strings.TrimSuffix(host, ".")
+	lower := strings.ToLower(host)
+	if lower == "localhost" || strings.HasSuffix(lower, ".localhost") {
+		return "localhost"
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		if numericHost(lower) {
+			return "a number some resolvers read as an IP address; write an address in dotted decimal"
+		}
+		return ""
+	}
+	a = a.WithZone("").Unmap()
+	if nat64.Contains(a) {
+		b := a.As16()
+		a = netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]})
+	}
+	switch {
+	case a == netip.MustParseAddr("169.254.169.254") || a == netip.MustParseAddr("fd00:ec2::254"):
+		return "a cloud metadata address"
+	case a.IsLoopback():
+		return "a loopback address"
+	case a.IsUnspecified() || thisNetwork.Contains(a):
+		return "an unspecified address"
+	case a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast():
+		return "a link-local address"
+	case a.IsPrivate() || sharedSpace.Contains(a):
+		return "a private address"
+	}
+	return ""
+}
+
+// numericHost reports whether the last label of host (lower case) is a
+// number, decimal or 0x hexadecimal: no top-level domain is, so such a host
+// is an address in a form netip does not read.
+func numericHost(host string) bool {
+	label := host[strings.LastIndexByte(host, '.')+1:]
+	digits := strings.TrimPrefix(label, "0x")
+	if digits == "" {
+		return label == "0x"
+	}
+	hex := len(digits) < len(label)
+	for _, c := range digits {
+		if !('0' <= c && c <= '9' || hex && 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 func checkSummarizationOptions(o *SummarizationOptions) error {
@@ -1007,7 +1090,7 @@ const (
 // limit ([DefaultMaxBodyBytes] by default) is refused before it is read,
 // and reading a body allocates at most about its size (the decoded strings)
 // whatever its shape. A consumer of a Producer built with
-// [WithMaxContentBytes] or [WithMediaURLSchemes] passes the same options
+// [WithMaxContentBytes], [WithMediaURLSchemes] or [WithPrivateMediaHosts] passes the same options
 // here, so that both sides apply the same limits; opts may be the very list
 // given to [New], since the other options are ignored. A body over the
 // limit those options give is not one the Producer sent: reject it
@@ -1019,7 +1102,9 @@ const (
 //     allowed, so escape the share id before you display it), the content
 //     (at most the content limit, not blank; any character, NUL included),
 //     the media URL (one of the allowed schemes, by default https, http, s3
-//     and gs; a host; no user information) and the options' ranges;
+//     and gs; a host; no user information; by default not a loopback,
+//     link-local, private, unspecified or cloud metadata address, nor
+//     "localhost", see [WithPrivateMediaHosts]) and the options' ranges;
 //   - every key once: a body with a repeated key, even one spelled with
 //     escapes (\u0074ype), is refused, since JSON parsers disagree on what
 //     it means (the first, the last, or an error);
@@ -1141,7 +1226,7 @@ func (l *taskLimits) decodeTask(body []byte) (Task, error) {
 		if t.MediaURL, err = decodeRequiredString(raw[idxMediaURL], fieldMediaURL); err != nil {
 			return Task{}, err
 		}
-		if err := checkMediaURL(t.MediaURL, l.schemeAllowed); err != nil {
+		if err := l.checkMediaURL(t.MediaURL); err != nil {
 			return Task{}, err
 		}
 	} else {

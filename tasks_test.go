@@ -194,11 +194,11 @@ func TestValidateTranscription(t *testing.T) {
 		field    string
 	}{
 		{name: "https", shareID: "s", mediaURL: "https://media.example.com/a.mp3"},
-		{name: "http with port", shareID: "s", mediaURL: "http://127.0.0.1:8080/a.mp3?x=1#t=10"},
+		{name: "http with port", shareID: "s", mediaURL: "http://203.0.113.7:8080/a.mp3?x=1#t=10"},
 		{name: "scheme case", shareID: "s", mediaURL: "HTTPS://Example.COM/a.mp3"},
 		{name: "s3 bucket", shareID: "s", mediaURL: "s3://bucket/key/a.wav"},
 		{name: "gs bucket", shareID: "s", mediaURL: "gs://bucket/a.wav"},
-		{name: "ipv6 host", shareID: "s", mediaURL: "https://[::1]:443/a"},
+		{name: "ipv6 host", shareID: "s", mediaURL: "https://[2001:db8::1]:443/a"},
 		{name: "url at limit", shareID: "s", mediaURL: "https://h/" + strings.Repeat("a", 4096-len("https://h/"))},
 		{name: "all options", shareID: "s", mediaURL: "https://h/a", opts: &TranscriptionOptions{Language: "en-US", Diarization: true, MaxSpeakers: 32}},
 		{name: "diarization alone", shareID: "s", mediaURL: "https://h/a", opts: &TranscriptionOptions{Diarization: true}},

@@ -26,7 +26,7 @@ import (
 // The TLS guards of the security review: with a local TLS listener (no
 // broker needed) the Producer verifies the server's certificate and name,
 // refuses old protocol versions, sends each URL's own server name without
-// touching the caller's config, and speaks TLS only on amqps URLs.
+// touching the caller's config, and refuses amqp URLs beside a TLS config.
 
 // tlsPassword is the password of every URL here; no error may show it.
 const tlsPassword = "TlsGuardPw1"
@@ -249,28 +249,49 @@ func TestTLSServerNamePerURL(t *testing.T) {
 	}
 }
 
-// WithTLSConfig applies to amqps URLs only: an amqp URL, alone or after a
-// failed amqps one in the list, speaks plain AMQP. To require TLS, list only
-// amqps URLs.
+// With WithTLSConfig an amqp URL, alone or after an amqps one in the list,
+// is refused by New: it would send the password in clear. The error names
+// the option, says to use amqps:// and shows no password. WithPlaintextAllowed
+// makes plain text a choice: the amqp URL then speaks plain AMQP.
 func TestTLSOnlyOnAMQPS(t *testing.T) {
 	ca := newTestCA(t)
 	cfg := &tls.Config{RootCAs: ca.pool, MinVersion: tls.VersionTLS13}
-	for name, urls := range map[string]func(port string) []string{
+	cases := map[string]func(port string) []string{
 		"amqp URL": func(port string) []string { return []string{"amqp://u:" + tlsPassword + "@127.0.0.1:" + port + "/"} },
 		"amqps then amqp": func(port string) []string {
 			return []string{amqpsURL("127.0.0.1", "1"), "amqp://u:" + tlsPassword + "@127.0.0.1:" + port + "/"}
 		},
-	} {
-		t.Run(strings.ReplaceAll(name, " ", "_"), func(t *testing.T) {
+		"upper-case AMQP": func(port string) []string { return []string{"AMQP://u:" + tlsPassword + "@127.0.0.1:" + port + "/"} },
+	}
+	for name, urls := range cases {
+		t.Run("refused/"+strings.ReplaceAll(name, " ", "_"), func(t *testing.T) {
+			for _, c := range []*tls.Config{cfg, nil} {
+				_, err := mlproducer.New(mlproducer.WithURLs(urls("5672")...), mlproducer.WithTLSConfig(c))
+				var oe *mlproducer.OptionError
+				require.ErrorAs(t, err, &oe)
+				assert.Equal(t, "WithURLs", oe.Name)
+				assert.Contains(t, err.Error(), "WithTLSConfig")
+				assert.Contains(t, err.Error(), "amqps://")
+				assert.Contains(t, err.Error(), "WithPlaintextAllowed")
+				assert.NotContains(t, err.Error(), tlsPassword)
+			}
+		})
+		t.Run("allowed/"+strings.ReplaceAll(name, " ", "_"), func(t *testing.T) {
 			s := startHandshakeServer(t, nil)
 			tlsProducer(t, urls(s.port()), func(*mlproducer.Producer) bool {
 				_, _, plain := s.seen()
 				return plain > 0
-			}, mlproducer.WithTLSConfig(cfg))
+			}, mlproducer.WithTLSConfig(cfg), mlproducer.WithPlaintextAllowed())
 			s.mu.Lock()
 			defer s.mu.Unlock()
 			require.NotEmpty(t, s.raw)
 			assert.Equal(t, []byte("AMQP\x00\x00\x09\x01"), s.raw[0], "the AMQP protocol header, in plain text")
 		})
 	}
+	// Without WithTLSConfig an amqp URL needs no opt-in.
+	p, err := mlproducer.New(mlproducer.WithURLs("amqp://u:p@127.0.0.1:1/"))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, p.Close(ctx))
 }

@@ -7,7 +7,9 @@
 # then stops both with SIGTERM and checks that they exit 0.
 #
 # The gateway listens on 127.0.0.1:3001 (the guide's port), or the next free
-# port up to 3020; set DEMO_PORT to start elsewhere. Everything it starts is
+# port up to 3020; set DEMO_PORT to start elsewhere. Its status and metrics
+# are on the admin listener (ADMIN_ADDR): 127.0.0.1:9090 or the next free
+# port up to 9109. Everything it starts is
 # stopped, and its temporary files removed, however the script ends.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -72,11 +74,17 @@ until port_free "$port"; do
   ((port <= last)) || die "no free port from ${DEMO_PORT:-3001} to $last"
 done
 base="http://127.0.0.1:$port"
+admin_port=9090
+until port_free "$admin_port"; do
+  admin_port=$((admin_port + 1))
+  ((admin_port <= 9109)) || die "no free port from 9090 to 9109"
+done
+admin="http://127.0.0.1:$admin_port"
 
-say "starting the worker and the gateway (HTTP_ADDR=127.0.0.1:$port)"
+say "starting the worker and the gateway (HTTP_ADDR=127.0.0.1:$port ADMIN_ADDR=127.0.0.1:$admin_port)"
 "$work/worker" >"$work/worker.out" 2>"$work/worker.log" &
 wk_pid=$!
-HTTP_ADDR="127.0.0.1:$port" "$work/gateway" >/dev/null 2>"$work/gateway.log" &
+HTTP_ADDR="127.0.0.1:$port" ADMIN_ADDR="127.0.0.1:$admin_port" "$work/gateway" >/dev/null 2>"$work/gateway.log" &
 gw_pid=$!
 
 # wait_for WHAT SECONDS COMMAND...: polls COMMAND every 0.1 s, checking that
@@ -127,10 +135,10 @@ wait_for "the worker to receive ${#ids[@]} tasks" 15 all_arrived
 for id in "${ids[@]}"; do grep -F "id=$id" "$work/worker.out"; done
 
 say "GET /api/ml/status"
-curl -fsS "$base/api/ml/status"
+curl -fsS "$admin/api/ml/status"
 
 say "GET /api/ml/metrics/prometheus | grep ^ml_producer_ (zero counters and histogram buckets left out)"
-curl -fsS "$base/api/ml/metrics/prometheus" | grep '^ml_producer_' | grep -v '_bucket{' | grep -Ev '_total\{[^}]*\} 0$'
+curl -fsS "$admin/api/ml/metrics/prometheus" | grep '^ml_producer_' | grep -v '_bucket{' | grep -Ev '_total\{[^}]*\} 0$'
 
 say "stopping both with SIGTERM"
 code=0

@@ -37,29 +37,30 @@ const (
 	maxEchoedName = 64
 )
 
-// gateway serves the ML task API over one Producer.
+// gateway serves the ML task API over one Producer. It is two handlers:
+// the gateway itself, the public API, and admin, for operators only.
 type gateway struct {
 	log      *slog.Logger
 	timeout  time.Duration // per-publish bound
 	draining atomic.Bool   // set at shutdown: /readyz answers 503
 	mux      *http.ServeMux
+	adminMux *http.ServeMux
 }
 
-// newMux returns the gateway's HTTP handler:
+// newMux returns the gateway's public HTTP handler:
 //
 //	POST /api/ml/summarize          {"shareId","content","options"}   -> 202 {"messageId","state"}
 //	POST /api/ml/transcribe         {"shareId","mediaUrl","options"}
 //	POST /api/ml/embed              {"shareId","content","options"}
-//	GET  /api/ml/status             Producer status (JSON)
-//	GET  /api/ml/metrics/json       status plus counters (JSON)
-//	GET  /api/ml/metrics/prometheus Prometheus text format
 //	GET  /healthz, /readyz          liveness, readiness
+//
+// Status and metrics are on [gateway.admin], served on a listener of its own.
 func newMux(p *mlproducer.Producer, logger *slog.Logger) http.Handler {
 	return newGateway(p, logger, publishTimeout)
 }
 
 func newGateway(p *mlproducer.Producer, logger *slog.Logger, timeout time.Duration) *gateway {
-	g := &gateway{log: logger, timeout: timeout, mux: http.NewServeMux()}
+	g := &gateway{log: logger, timeout: timeout, mux: http.NewServeMux(), adminMux: http.NewServeMux()}
 
 	g.mux.Handle("/api/ml/summarize", only(http.MethodPost, publishHandler(g, "summarization",
 		func(ctx context.Context, r *summarizeRequest, o mlproducer.SummarizationOptions) (mlproducer.Receipt, error) {
@@ -74,36 +75,61 @@ func newGateway(p *mlproducer.Producer, logger *slog.Logger, timeout time.Durati
 			return p.PublishEmbedding(ctx, r.ShareID, r.Content, o)
 		})))
 
+	// Status and metrics show the broker's address, the last connection
+	// error and traffic figures: for operators, on the admin listener only.
 	status := p.StatusHandler()
-	g.mux.Handle("/api/ml/status", only(http.MethodGet, status))
-	g.mux.Handle("/api/ml/metrics/json", only(http.MethodGet, status))
-	g.mux.Handle("/api/ml/metrics/prometheus", only(http.MethodGet, p.MetricsHandler()))
-	g.mux.Handle("/healthz", only(http.MethodGet, p.LivenessHandler()))
+	g.adminMux.Handle("/api/ml/status", only(http.MethodGet, status))
+	g.adminMux.Handle("/api/ml/metrics/json", only(http.MethodGet, status))
+	g.adminMux.Handle("/api/ml/metrics/prometheus", only(http.MethodGet, p.MetricsHandler()))
+
+	// The probes are on both: the kubelet reaches the pod's address, which
+	// the admin listener may not listen on, and they tell only up or down.
+	live := only(http.MethodGet, p.LivenessHandler())
 	ready := p.ReadinessHandler()
-	g.mux.Handle("/readyz", only(http.MethodGet, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	readyz := only(http.MethodGet, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if g.draining.Load() {
 			writeError(w, http.StatusServiceUnavailable, "shutting down", "")
 			return
 		}
 		ready.ServeHTTP(w, r)
-	})))
-	g.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	notFound := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		// The path is not repeated: the answer is the same for any.
 		writeError(w, http.StatusNotFound, "no such endpoint", "")
 	})
+	for _, m := range []*http.ServeMux{g.mux, g.adminMux} {
+		m.Handle("/healthz", live)
+		m.Handle("/readyz", readyz)
+		m.Handle("/", notFound)
+	}
 	return g
+}
+
+// admin returns the operators' handler, for the admin listener:
+//
+//	GET  /api/ml/status             Producer status (JSON)
+//	GET  /api/ml/metrics/json       status plus counters (JSON)
+//	GET  /api/ml/metrics/prometheus Prometheus text format
+//	GET  /healthz, /readyz          liveness, readiness
+func (g *gateway) admin() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { g.serve(g.adminMux, w, r) })
 }
 
 // drain makes /readyz fail, so that load balancers stop sending requests
 // before the server shuts down. Requests still arriving are served.
 func (g *gateway) drain() { g.draining.Store(true) }
 
-func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+// ServeHTTP serves the public API.
+func (g *gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.serve(g.mux, w, r) }
+
+// serve runs mux for one request, with the headers and the log line every
+// response gets.
+func (g *gateway) serve(mux *http.ServeMux, w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	// Every response is JSON or Prometheus text: never sniffed as HTML.
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
-	g.mux.ServeHTTP(rec, r)
+	mux.ServeHTTP(rec, r)
 	level := slog.LevelInfo
 	switch {
 	case rec.status >= 500:

@@ -210,10 +210,12 @@ func TestContentTooLarge(t *testing.T) {
 	}
 }
 
-// 405 with Allow for a wrong method; 404 for an unknown path.
+// 405 with Allow for a wrong method; 404 for an unknown path. Status and
+// metrics are on the admin handler.
 func TestMethodNotAllowed(t *testing.T) {
 	p, _ := fakeProducer(t)
-	h := newMux(p, testLogger(t))
+	g := newGateway(p, testLogger(t), publishTimeout)
+	h := http.Handler(g)
 	for _, tc := range []struct{ method, path, allow string }{
 		{http.MethodGet, "/api/ml/summarize", "POST"},
 		{http.MethodPut, "/api/ml/transcribe", "POST"},
@@ -225,7 +227,11 @@ func TestMethodNotAllowed(t *testing.T) {
 		{http.MethodPost, "/readyz", "GET, HEAD"},
 	} {
 		t.Run(tc.method+" "+tc.path, func(t *testing.T) {
-			res := do(t, h, tc.method, tc.path, "{}")
+			on := h
+			if strings.HasPrefix(tc.path, "/api/ml/status") || strings.HasPrefix(tc.path, "/api/ml/metrics/") {
+				on = g.admin()
+			}
+			res := do(t, on, tc.method, tc.path, "{}")
 			expectError(t, res, http.StatusMethodNotAllowed, "")
 			if got := res.Header.Get("Allow"); got != tc.allow {
 				t.Fatalf("Allow %q, want %q", got, tc.allow)
@@ -299,7 +305,8 @@ func TestRetryQueueFull(t *testing.T) {
 	})
 	t.Cleanup(b.Unblock) // runs first: the queued task is then delivered
 	eventually(t, "state blocked", func() bool { return p.Status().ConnectionState == mlproducer.Blocked })
-	h := newMux(p, testLogger(t))
+	g := newGateway(p, testLogger(t), publishTimeout)
+	h := http.Handler(g)
 
 	res := do(t, h, http.MethodPost, "/api/ml/summarize", validSummarize)
 	expect(t, res, http.StatusAccepted)
@@ -309,7 +316,7 @@ func TestRetryQueueFull(t *testing.T) {
 	expectRetryAfter(t, do(t, h, http.MethodPost, "/api/ml/transcribe", validTranscribe), "5")
 	expect(t, do(t, h, http.MethodGet, "/readyz", ""), http.StatusServiceUnavailable)
 
-	st := do(t, h, http.MethodGet, "/api/ml/status", "")
+	st := do(t, g.admin(), http.MethodGet, "/api/ml/status", "")
 	expect(t, st, http.StatusOK)
 	if st.JSON["connectionState"] != float64(4) || st.JSON["retryQueueSize"] != float64(1) {
 		t.Fatalf("status %s: want connectionState 4 and retryQueueSize 1", st.Body)
@@ -354,14 +361,16 @@ func TestContextDone(t *testing.T) {
 	}
 }
 
-// Status, metrics and probes are the library's handlers, mounted.
+// Status, metrics and probes are the library's handlers, mounted (status
+// and metrics on the admin handler).
 func TestObservabilityEndpoints(t *testing.T) {
 	p, _ := fakeProducer(t, mlproducer.WithConnectionName("gateway-test"))
 	g := newGateway(p, testLogger(t), publishTimeout)
+	admin := g.admin()
 	expect(t, do(t, g, http.MethodPost, "/api/ml/summarize", validSummarize), http.StatusAccepted)
 
 	for _, path := range []string{"/api/ml/status", "/api/ml/metrics/json"} {
-		res := do(t, g, http.MethodGet, path, "")
+		res := do(t, admin, http.MethodGet, path, "")
 		expect(t, res, http.StatusOK)
 		for _, key := range []string{"connectionState", "reconnectAttempts", "circuitBreakerOpen", "retryQueueSize", "pendingConfirms"} {
 			if _, ok := res.JSON[key]; !ok {
@@ -373,7 +382,7 @@ func TestObservabilityEndpoints(t *testing.T) {
 		}
 	}
 
-	res := do(t, g, http.MethodGet, "/api/ml/metrics/prometheus", "")
+	res := do(t, admin, http.MethodGet, "/api/ml/metrics/prometheus", "")
 	expect(t, res, http.StatusOK)
 	for _, line := range []string{
 		`ml_producer_connection_state{producer="gateway-test"} 3`,
@@ -562,8 +571,11 @@ func TestEndToEndRabbitMQ(t *testing.T) {
 			t.Errorf("close: %v", err)
 		}
 	})
-	srv := httptest.NewServer(newMux(p, testLogger(t)))
+	g := newGateway(p, testLogger(t), publishTimeout)
+	srv := httptest.NewServer(g)
 	t.Cleanup(srv.Close)
+	adminSrv := httptest.NewServer(g.admin())
+	t.Cleanup(adminSrv.Close)
 	client := srv.Client()
 	waitReady(t, client, srv.URL+"/readyz")
 	// Ready means "can take a task", even before the first connection: wait
@@ -625,7 +637,7 @@ func TestEndToEndRabbitMQ(t *testing.T) {
 		}
 	}
 
-	res, err := client.Get(srv.URL + "/api/ml/metrics/prometheus")
+	res, err := client.Get(adminSrv.URL + "/api/ml/metrics/prometheus")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,10 +4,26 @@
 //	POST /api/ml/summarize          {"shareId": "...", "content": "...", "options": {"maxLength": 120, "language": "en", "style": "..."}}
 //	POST /api/ml/transcribe         {"shareId": "...", "mediaUrl": "https://...", "options": {"language": "en", "diarization": true, "maxSpeakers": 4}}
 //	POST /api/ml/embed              {"shareId": "...", "content": "...", "options": {"model": "...", "dimensions": 768}}
+//	GET  /healthz, /readyz          liveness and readiness probes
+//
+// and, on a second listener for operators (ADMIN_ADDR, by default
+// 127.0.0.1:9090, so reachable from the host or pod only):
+//
 //	GET  /api/ml/status             connection state, retry queue, pending confirms (JSON)
 //	GET  /api/ml/metrics/json       the same plus counters
 //	GET  /api/ml/metrics/prometheus Prometheus text format (alerts: alerts.yml)
-//	GET  /healthz, /readyz          liveness and readiness probes
+//	GET  /healthz, /readyz          the same probes
+//
+// Status and metrics have no authentication and show the broker's address,
+// the last connection error and the traffic: the service it replaces served
+// them on its public port, this one does not. For Prometheus to scrape the
+// pod, set ADMIN_ADDR=:9090 and let only Prometheus reach that port (a
+// NetworkPolicy). The probes are on the public port too, since the kubelet
+// calls the pod's address; they say only whether the gateway takes tasks.
+//
+// A media URL whose host is internal (localhost, a loopback, private,
+// link-local or cloud metadata address) is refused with 400, since workers
+// fetch it: see mlproducer.WithPrivateMediaHosts.
 //
 // A publish answers 202 {"messageId", "state"} once the Producer owns the
 // task ("confirmed" by the broker, "pending" or "queued" for a retry); 400
@@ -23,7 +39,8 @@
 // ML_MAX_MESSAGE_RETRIES, ML_CIRCUIT_BREAKER_THRESHOLD,
 // ML_CIRCUIT_BREAKER_COOLDOWN, ML_SPOOL_DIR) and:
 //
-//	HTTP_ADDR       listen address (default ":3001")
+//	HTTP_ADDR       listen address of the API (default ":3001")
+//	ADMIN_ADDR      listen address of status and metrics (default "127.0.0.1:9090")
 //	LOG_FORMAT      "text" (default) or "json"
 //	LOG_LEVEL       debug, info (default), warn, error
 //	SHUTDOWN_DELAY  time between SIGTERM and closing the listener, while
@@ -62,9 +79,10 @@ import (
 )
 
 const (
-	defaultAddr     = ":3001"
-	shutdownTimeout = 10 * time.Second // for requests in progress
-	closeTimeout    = 10 * time.Second // for the Producer's unconfirmed tasks
+	defaultAddr      = ":3001"
+	defaultAdminAddr = "127.0.0.1:9090"
+	shutdownTimeout  = 10 * time.Second // for requests in progress
+	closeTimeout     = 10 * time.Second // for the Producer's unconfirmed tasks
 )
 
 func main() { os.Exit(run()) }
@@ -78,6 +96,10 @@ func run() int {
 	addr := os.Getenv("HTTP_ADDR")
 	if addr == "" {
 		addr = defaultAddr
+	}
+	adminAddr := os.Getenv("ADMIN_ADDR")
+	if adminAddr == "" {
+		adminAddr = defaultAdminAddr
 	}
 	var delay time.Duration
 	if v := os.Getenv("SHUTDOWN_DELAY"); v != "" {
@@ -116,22 +138,24 @@ func run() int {
 		closeProducer(logger, p)
 		return 1
 	}
-	g := newGateway(p, logger, publishTimeout)
-	srv := &http.Server{
-		Handler:           g,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	adminLn, err := net.Listen("tcp", adminAddr)
+	if err != nil {
+		logger.Error("cannot listen (ADMIN_ADDR)", slog.String("addr", adminAddr), slog.Any("error", err))
+		_ = ln.Close()
+		closeProducer(logger, p)
+		return 1
 	}
+	g := newGateway(p, logger, publishTimeout)
+	srv := newServer(g, logger)
+	adminSrv := newServer(g.admin(), logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	logger.Info("gateway listening", slog.String("addr", ln.Addr().String()))
+	adminServed := make(chan error, 1)
+	go func() { adminServed <- adminSrv.Serve(adminLn) }()
+	logger.Info("gateway listening", slog.String("addr", ln.Addr().String()), slog.String("adminAddr", adminLn.Addr().String()))
 
 	code := 0
 	select {
@@ -139,6 +163,11 @@ func run() int {
 		logger.Info("shutting down", slog.Duration("delay", delay))
 	case err := <-served:
 		logger.Error("server failed", slog.Any("error", err))
+		served <- nil // reported: the wait below returns at once
+		code = 1
+	case err := <-adminServed:
+		logger.Error("admin server failed", slog.Any("error", err))
+		adminServed <- nil
 		code = 1
 	}
 	stop() // a second signal now kills the process
@@ -163,8 +192,29 @@ func run() int {
 	if !closeProducer(logger, p) {
 		code = 1
 	}
+
+	// 3. Status and metrics were served till here, for the operator
+	//    watching the shutdown.
+	_ = adminSrv.Close()
+	if err := <-adminServed; err != nil && !errors.Is(err, http.ErrServerClosed) {
+		logger.Error("admin server failed", slog.Any("error", err))
+		code = 1
+	}
 	logger.Info("gateway stopped", slog.Int("exitCode", code))
 	return code
+}
+
+// newServer returns the HTTP server of h, with the gateway's timeouts.
+func newServer(h http.Handler, logger *slog.Logger) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
 }
 
 // closeProducer closes p and reports whether every accepted task was

@@ -54,11 +54,13 @@ func TestGatewayStatusNeverShowsPassword(t *testing.T) {
 				time.Sleep(time.Second)
 				synctest.Wait()
 				g := newGateway(p, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Second)
-				for _, path := range []string{"/api/ml/status", "/api/ml/metrics/json", "/api/ml/metrics/prometheus", "/readyz"} {
-					rec := httptest.NewRecorder()
-					g.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-					if body := strings.ToLower(rec.Body.String()); strings.Contains(body, "secret99") {
-						t.Errorf("LEAK: GET %s (no auth) shows the broker password: %s", path, rec.Body.String())
+				for _, h := range []http.Handler{g, g.admin()} {
+					for _, path := range []string{"/api/ml/status", "/api/ml/metrics/json", "/api/ml/metrics/prometheus", "/readyz"} {
+						rec := httptest.NewRecorder()
+						h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+						if body := strings.ToLower(rec.Body.String()); strings.Contains(body, "secret99") {
+							t.Errorf("LEAK: GET %s (no auth) shows the broker password: %s", path, rec.Body.String())
+						}
 					}
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
@@ -114,10 +116,50 @@ func TestGatewayErrorsDoNotReflectInput(t *testing.T) {
 	if strings.Contains(res.Body, "script") {
 		t.Errorf("404 repeats the path: %s", res.Body)
 	}
-	for _, path := range []string{"/nope", "/api/ml/status", "/api/ml/metrics/prometheus", "/healthz"} {
-		res := serve(t, g, httptest.NewRequest(http.MethodGet, path, nil))
-		if got := res.Header.Get("X-Content-Type-Options"); got != "nosniff" {
-			t.Errorf("GET %s: X-Content-Type-Options %q, want nosniff", path, got)
+	for _, h := range []http.Handler{g, g.admin()} {
+		for _, path := range []string{"/nope", "/api/ml/status", "/api/ml/metrics/prometheus", "/healthz"} {
+			res := serve(t, h, httptest.NewRequest(http.MethodGet, path, nil))
+			if got := res.Header.Get("X-Content-Type-Options"); got != "nosniff" {
+				t.Errorf("GET %s: X-Content-Type-Options %q, want nosniff", path, got)
+			}
 		}
+	}
+}
+
+// Status and metrics (the broker's address, the last error, the traffic)
+// are not on the public listener: 404 there, served on the admin one. The
+// probes are on both; the publish endpoints on the public one only.
+func TestGatewayStatusOnlyOnAdminListener(t *testing.T) {
+	p, _ := fakeProducer(t)
+	g := newGateway(p, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Second)
+	admin := g.admin()
+	for _, path := range []string{"/api/ml/status", "/api/ml/metrics/json", "/api/ml/metrics/prometheus"} {
+		expect(t, do(t, g, http.MethodGet, path, ""), http.StatusNotFound)
+		expect(t, do(t, admin, http.MethodGet, path, ""), http.StatusOK)
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		expect(t, do(t, g, http.MethodGet, path, ""), http.StatusOK)
+		expect(t, do(t, admin, http.MethodGet, path, ""), http.StatusOK)
+	}
+	expect(t, do(t, admin, http.MethodPost, "/api/ml/summarize", validSummarize), http.StatusNotFound)
+	expect(t, do(t, g, http.MethodPost, "/api/ml/summarize", validSummarize), http.StatusAccepted)
+}
+
+// A media URL to an internal host is refused with 400 naming mediaUrl, and
+// nothing is published: workers would fetch it.
+func TestGatewayRefusesInternalMediaURL(t *testing.T) {
+	p, b := fakeProducer(t)
+	g := newGateway(p, slog.New(slog.NewTextHandler(io.Discard, nil)), time.Second)
+	for _, u := range []string{
+		"http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+		"http://127.0.0.1:15672/api/definitions",
+		"http://localhost/a.mp3",
+		"http://[::ffff:10.0.0.1]/a.mp3",
+	} {
+		res := do(t, g, http.MethodPost, "/api/ml/transcribe", `{"shareId":"x","mediaUrl":"`+u+`"}`)
+		expectError(t, res, http.StatusBadRequest, "mediaUrl")
+	}
+	if n := len(b.Messages("ml.transcription")); n != 0 {
+		t.Errorf("%d messages published by refused requests", n)
 	}
 }

@@ -135,3 +135,22 @@ func lineKeys(line string) (string, error) {
 	}
 	return strings.Join(keys, " "), nil
 }
+
+// Each output field reads back as the value it came from: a bare word as it
+// is, a quoted one unquoted. So a value that looks quoted is quoted again.
+func TestWorkerTokenReadsBack(t *testing.T) {
+	for _, s := range []string{"", "plain", `"admin"`, `a"b`, `\`, `\"x`, "a b", "a\nb", "caf\u00e9", "\u2028", `x=1 y=2`} {
+		tok := token(s)
+		got := tok
+		if strings.HasPrefix(tok, `"`) {
+			var err error
+			if got, err = strconv.Unquote(tok); err != nil {
+				t.Errorf("token(%q) = %s: not a Go string: %v", s, tok, err)
+				continue
+			}
+		}
+		if got != s || strings.ContainsAny(tok, " \n") && !strings.HasPrefix(tok, `"`) {
+			t.Errorf("token(%q) = %s reads back as %q", s, tok, got)
+		}
+	}
+}

@@ -265,12 +265,13 @@ func (w *worker) process(queue, id, attempt string, redelivered bool, t *mlprodu
 }
 
 // token returns s as one word of the output line: as it is when it is
-// printable ASCII without spaces, else quoted with its control characters
-// escaped, so that no field of a task can end the line or forge another
-// field or line.
+// printable ASCII without spaces or quotes, else quoted with its control
+// characters escaped, so that no field of a task can end the line or forge
+// another field or line, and a value that starts with a quote is not read
+// as a quoted one.
 func token(s string) string {
 	for i := 0; i < len(s); i++ {
-		if s[i] <= ' ' || s[i] > '~' {
+		if s[i] <= ' ' || s[i] > '~' || s[i] == '"' {
 			return strconv.Quote(s)
 		}
 	}
