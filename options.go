@@ -360,8 +360,7 @@ func WithReconnectBackoff(initial, max time.Duration) Option {
 // WithCircuitBreaker sets the breaker's threshold of consecutive failures
 // (env ML_CIRCUIT_BREAKER_THRESHOLD) and how long it stays open (env
 // ML_CIRCUIT_BREAKER_COOLDOWN, in ms). Default 10 failures and 30 s. The
-// threshold is from 1 to 4294967295 (the environment variable allows up to
-// 1000000); [New] refuses any other.
+// threshold is from 1 to 4294967295; [New] refuses any other.
 //
 // While open the breaker holds sends back (the retry queue waits, then one
 // probe goes) and shows in [Producer.Status] and the metrics; it refuses a
