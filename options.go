@@ -506,6 +506,12 @@ type envReader struct {
 	err    error
 }
 
+// given returns the value of name as given, trimmed, for an error about it.
+func (r *envReader) given(name string) string {
+	v, _ := r.lookup(name)
+	return strings.TrimSpace(v)
+}
+
 func (r *envReader) fail(name, value, reason string) {
 	if r.err == nil {
 		r.err = optErr(name, value, reason)
@@ -576,13 +582,13 @@ func (r *envReader) backoff(initName, maxName string, defInit, defMax time.Durat
 	switch {
 	case r.err != nil:
 	case hasI && hasM && initial > max:
-		r.fail(initName, strconv.FormatInt(initial.Milliseconds(), 10),
+		r.fail(initName, r.given(initName),
 			fmt.Sprintf("over %s=%d: want initial <= max", maxName, max.Milliseconds()))
 	case hasI && !hasM && initial > defMax:
-		r.fail(initName, strconv.FormatInt(initial.Milliseconds(), 10),
+		r.fail(initName, r.given(initName),
 			fmt.Sprintf("over the default %s of %d ms: set that too", maxName, defMax.Milliseconds()))
 	case hasM && !hasI && max < defInit:
-		r.fail(maxName, strconv.FormatInt(max.Milliseconds(), 10),
+		r.fail(maxName, r.given(maxName),
 			fmt.Sprintf("under the default %s of %d ms: set that too", initName, defInit.Milliseconds()))
 	}
 	return initial, max, hasI, hasM
@@ -636,9 +642,9 @@ func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
 	switch {
 	case r.err != nil:
 	case hasQM && qMsgs == 0 && !(hasQB && qBytes == 0):
-		r.fail("ML_RETRY_QUEUE_MESSAGES", "0", "0 turns buffering off only with ML_RETRY_QUEUE_BYTES=0 too; otherwise want a whole number > 0")
+		r.fail("ML_RETRY_QUEUE_MESSAGES", r.given("ML_RETRY_QUEUE_MESSAGES"), "0 turns buffering off only with ML_RETRY_QUEUE_BYTES=0 too; otherwise want a whole number > 0")
 	case hasQB && qBytes == 0 && !(hasQM && qMsgs == 0):
-		r.fail("ML_RETRY_QUEUE_BYTES", "0", "0 turns buffering off only with ML_RETRY_QUEUE_MESSAGES=0 too; otherwise want a whole number > 0")
+		r.fail("ML_RETRY_QUEUE_BYTES", r.given("ML_RETRY_QUEUE_BYTES"), "0 turns buffering off only with ML_RETRY_QUEUE_MESSAGES=0 too; otherwise want a whole number > 0")
 	case hasQM || hasQB:
 		add(func(c *config) {
 			if hasQM {

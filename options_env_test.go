@@ -272,6 +272,9 @@ func TestOptionsFromLookupPairs(t *testing.T) {
 		name string
 	}{
 		{map[string]string{"ML_RETRY_QUEUE_MESSAGES": "0", "ML_RETRY_QUEUE_BYTES": "10"}, "ML_RETRY_QUEUE_MESSAGES"},
+		{map[string]string{"ML_RETRY_QUEUE_BYTES": " 00 "}, "ML_RETRY_QUEUE_BYTES"},
+		{map[string]string{"ML_RETRY_BACKOFF_INITIAL": "020000"}, "ML_RETRY_BACKOFF_INITIAL"},
+		{map[string]string{"ML_RECONNECT_BACKOFF_MAX": "050"}, "ML_RECONNECT_BACKOFF_MAX"},
 		{map[string]string{"ML_RETRY_QUEUE_MESSAGES": "10", "ML_RETRY_QUEUE_BYTES": "0"}, "ML_RETRY_QUEUE_BYTES"},
 		{map[string]string{"ML_RETRY_BACKOFF_INITIAL": "2000", "ML_RETRY_BACKOFF_MAX": "1000"}, "ML_RETRY_BACKOFF_INITIAL"},
 		{map[string]string{"ML_RECONNECT_BACKOFF_INITIAL": "2000", "ML_RECONNECT_BACKOFF_MAX": "1000"}, "ML_RECONNECT_BACKOFF_INITIAL"},
@@ -283,6 +286,7 @@ func TestOptionsFromLookupPairs(t *testing.T) {
 		var oe *OptionError
 		require.ErrorAs(t, err, &oe, "%v", tc.env)
 		assert.Equal(t, tc.name, oe.Name, "%v", tc.env)
+		assert.Equal(t, strings.TrimSpace(tc.env[tc.name]), oe.Value, "the value as given")
 	}
 
 	_, err := OptionsFromLookup(nil)
