@@ -13,8 +13,8 @@ import (
 	"github.com/mlproducer/mlproducer/mlproducertest"
 )
 
-// envVars are the variables OptionsFromEnv reads, in the order of the fuzz
-// arguments.
+// envVars are the six variables of the service mlproducer replaces, in the
+// order of the fuzz arguments (FuzzOptionsFromLookup covers all the others).
 var envVars = [...]string{
 	"RABBITMQ_URL",
 	"RABBITMQ_HEARTBEAT",
@@ -41,10 +41,7 @@ func FuzzOptionsFromEnv(f *testing.F) {
 				env[envVars[i]] = v
 			}
 		}
-		opts, err := optionsFromLookup(func(k string) (string, bool) {
-			v, ok := env[k]
-			return v, ok
-		})
+		opts, err := OptionsFromLookup(lookupMap(env))
 		if err != nil {
 			checkEnvError(t, err, values)
 			return

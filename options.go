@@ -367,8 +367,7 @@ func WithReconnectBackoff(initial, max time.Duration) Option {
 // WithCircuitBreaker sets the breaker's threshold of consecutive failures
 // (env ML_CIRCUIT_BREAKER_THRESHOLD) and how long it stays open (env
 // ML_CIRCUIT_BREAKER_COOLDOWN, in ms). Default 10 failures and 30 s. The
-// threshold is from 1 to 4294967295 (the environment variable allows up to
-// 1000000); [New] refuses any other.
+// threshold is from 1 to 4294967295; [New] refuses any other.
 //
 // While open the breaker holds sends back (the retry queue waits, then one
 // probe goes) and shows in [Producer.Status] and the metrics; it refuses a
@@ -478,41 +477,161 @@ func WithPrivateMediaHosts() Option { return func(c *config) { c.limits.privateH
 // management UI. Default "mlproducer".
 func WithConnectionName(name string) Option { return func(c *config) { c.connectionName = name } }
 
-// OptionsFromEnv reads the environment variables of the service mlproducer
-// replaces and returns the matching options:
+// OptionsFromEnv reads the environment variables below and returns the
+// matching options; it is [OptionsFromLookup] of [os.LookupEnv]. The first
+// six are those of the service mlproducer replaces. Durations are whole
+// milliseconds, except RABBITMQ_HEARTBEAT (whole seconds).
 //
-//	RABBITMQ_URL                  broker URL; a comma-separated list for failover
-//	RABBITMQ_HEARTBEAT            heartbeat, whole seconds (0 disables)
-//	RABBITMQ_CONNECTION_TIMEOUT   connection timeout, milliseconds
-//	ML_MAX_MESSAGE_RETRIES        retries per message
-//	ML_CIRCUIT_BREAKER_THRESHOLD  consecutive failures that open the breaker
-//	ML_CIRCUIT_BREAKER_COOLDOWN   how long the breaker stays open, milliseconds
-//	ML_SPOOL_DIR                  directory of the crash-safe spool ([WithSpool])
+//	RABBITMQ_URL                  broker URL; a comma-separated list for failover (WithURLs)
+//	RABBITMQ_HEARTBEAT            heartbeat, seconds, 0 to 3600; 0 disables (WithHeartbeat)
+//	RABBITMQ_CONNECTION_TIMEOUT   connection timeout, ms (WithConnectionTimeout)
+//	ML_MAX_MESSAGE_RETRIES        retries per message, >= 0 (WithMaxRetries)
+//	ML_CIRCUIT_BREAKER_THRESHOLD  consecutive failures that open the breaker, 1 to 4294967295 (WithCircuitBreaker)
+//	ML_CIRCUIT_BREAKER_COOLDOWN   how long the breaker stays open, ms (WithCircuitBreaker)
+//	ML_CONFIRM_TIMEOUT            wait for a publisher confirm, ms (WithConfirmTimeout)
+//	ML_RETRY_QUEUE_MESSAGES       retry queue capacity, messages; 0 with ML_RETRY_QUEUE_BYTES=0 turns buffering off (WithRetryQueueCapacity)
+//	ML_RETRY_QUEUE_BYTES          retry queue capacity, bytes of bodies; 0 as above (WithRetryQueueCapacity)
+//	ML_RETRY_BACKOFF_INITIAL      first wait between attempts of a message, ms (WithRetryBackoff)
+//	ML_RETRY_BACKOFF_MAX          cap of that wait, ms (WithRetryBackoff)
+//	ML_RECONNECT_BACKOFF_INITIAL  first wait between connection attempts, ms (WithReconnectBackoff)
+//	ML_RECONNECT_BACKOFF_MAX      cap of that wait, ms (WithReconnectBackoff)
+//	ML_HEALTH_CHECK_INTERVAL      connection check interval, ms; 0 disables (WithHealthCheckInterval)
+//	ML_MAX_IN_FLIGHT              messages sent and not yet confirmed, >= 1 (WithMaxInFlight)
+//	ML_MAX_CONTENT_BYTES          content limit per task, bytes, 1 to 536805376 (WithMaxContentBytes)
+//	ML_MEDIA_URL_SCHEMES          comma-separated schemes a media URL may use (WithMediaURLSchemes)
+//	ML_CONNECTION_NAME            connection name shown by the broker (WithConnectionName)
+//	ML_SPOOL_DIR                  directory of the crash-safe spool (WithSpool)
+//	ML_SPOOL_MESSAGES             spool capacity, messages, >= 1 (WithSpoolCapacity)
+//	ML_SPOOL_BYTES                spool capacity, bytes of bodies, >= 1 (WithSpoolCapacity)
+//	ML_TOPOLOGY_EXCHANGE          exchange tasks are published to (WithTopology)
+//	ML_TOPOLOGY_QUEUE_TYPE        "classic" or "quorum" (WithTopology)
+//	ML_TOPOLOGY_NO_DECLARE        true to declare nothing, as strconv.ParseBool reads it (WithTopology)
 //
-// A variable that is unset or empty leaves the default. A value that cannot be
-// used is an [*OptionError] naming the variable and the value; nothing falls
-// back silently.
+// A variable that is unset or empty (after trimming spaces) leaves the value
+// of the options before it, by default the default. One half of a pair
+// (capacity messages and bytes, backoff initial and max, breaker threshold and
+// cooldown) set alone keeps the other half; so do the Topology fields. A value
+// that cannot be used is an [*OptionError] naming the variable and the value;
+// nothing falls back silently. Put the returned options first in [New] so that
+// options in code override them.
 func OptionsFromEnv() ([]Option, error) { return optionsFromLookup(os.LookupEnv) }
 
+// OptionsFromLookup is [OptionsFromEnv] with the variables read from lookup,
+// which returns a variable's value and whether it is set, as [os.LookupEnv]
+// does: a map, a secret store, a parsed config file, or a test's own
+// environment (so tests that set variables can run in parallel).
+func OptionsFromLookup(lookup func(name string) (value string, ok bool)) ([]Option, error) {
+	if lookup == nil {
+		return nil, optErr("OptionsFromLookup", "nil", "pass a lookup function, for example os.LookupEnv")
+	}
+	return optionsFromLookup(lookup)
+}
+
+// maxMillis is the largest whole number of milliseconds a time.Duration holds.
+const maxMillis = math.MaxInt64 / int64(time.Millisecond)
+
+// envReader reads variables from lookup and keeps the first error: once it
+// has one, every read reports the variable unset.
+type envReader struct {
+	lookup func(string) (string, bool)
+	err    error
+}
+
+// given returns the value of name as given, trimmed, for an error about it.
+func (r *envReader) given(name string) string {
+	v, _ := r.lookup(name)
+	return strings.TrimSpace(v)
+}
+
+func (r *envReader) fail(name, value, reason string) {
+	if r.err == nil {
+		r.err = optErr(name, value, reason)
+	}
+}
+
+// str returns the trimmed value of name; ok is false when it is unset, empty
+// or an error was already found.
+func (r *envReader) str(name string) (string, bool) {
+	if r.err != nil {
+		return "", false
+	}
+	v, ok := r.lookup(name)
+	v = strings.TrimSpace(v)
+	return v, ok && v != ""
+}
+
+// int reads a whole number from min to max.
+func (r *envReader) int(name string, min, max int64) (int64, bool) {
+	v, ok := r.str(name)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < min || n > max {
+		r.fail(name, v, fmt.Sprintf("want a whole number from %d to %d", min, max))
+		return 0, false
+	}
+	return n, true
+}
+
+// millis reads a duration in whole milliseconds, at least min.
+func (r *envReader) millis(name string, min int64) (time.Duration, bool) {
+	v, ok := r.str(name)
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < min || n > maxMillis {
+		r.fail(name, v, fmt.Sprintf("want whole milliseconds from %d to %d (for example 2500 for 2.5 s)", min, maxMillis))
+		return 0, false
+	}
+	return time.Duration(n) * time.Millisecond, true
+}
+
+// list reads a comma-separated list without empty entries.
+func (r *envReader) list(name string) ([]string, bool) {
+	v, ok := r.str(name)
+	if !ok {
+		return nil, false
+	}
+	parts := strings.Split(v, ",")
+	for i, p := range parts {
+		parts[i] = strings.TrimSpace(p)
+		if parts[i] == "" {
+			r.fail(name, v, "want a comma-separated list without empty entries")
+			return nil, false
+		}
+	}
+	return parts, true
+}
+
+// backoff reads a pair of durations (initial, max), each at least 1 ms, and
+// refuses an initial over the max: the one of the two given, or the default.
+func (r *envReader) backoff(initName, maxName string, defInit, defMax time.Duration) (initial, max time.Duration, hasI, hasM bool) {
+	initial, hasI = r.millis(initName, 1)
+	max, hasM = r.millis(maxName, 1)
+	switch {
+	case r.err != nil:
+	case hasI && hasM && initial > max:
+		r.fail(initName, r.given(initName),
+			fmt.Sprintf("over %s=%d: want initial <= max", maxName, max.Milliseconds()))
+	case hasI && !hasM && initial > defMax:
+		r.fail(initName, r.given(initName),
+			fmt.Sprintf("over the default %s of %d ms: set that too", maxName, defMax.Milliseconds()))
+	case hasM && !hasI && max < defInit:
+		r.fail(maxName, r.given(maxName),
+			fmt.Sprintf("under the default %s of %d ms: set that too", initName, defInit.Milliseconds()))
+	}
+	return initial, max, hasI, hasM
+}
+
 func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
+	r := &envReader{lookup: lookup}
+	def := defaultConfig()
 	var opts []Option
-	get := func(name string) (string, bool) {
-		v, ok := lookup(name)
-		v = strings.TrimSpace(v)
-		return v, ok && v != ""
-	}
-	intVar := func(name string, min, max int) (int, bool, error) {
-		v, ok := get(name)
-		if !ok {
-			return 0, false, nil
-		}
-		n, err := strconv.Atoi(v)
-		if err != nil || n < min || n > max {
-			return 0, false, optErr(name, v, fmt.Sprintf("want a whole number from %d to %d", min, max))
-		}
-		return n, true, nil
-	}
-	if v, ok := get("RABBITMQ_URL"); ok {
+	add := func(o Option) { opts = append(opts, o) }
+
+	if v, ok := r.str("RABBITMQ_URL"); ok {
 		var urls []string
 		for _, u := range strings.Split(v, ",") {
 			u = strings.TrimSpace(u)
@@ -521,43 +640,137 @@ func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
 			}
 			urls = append(urls, u)
 		}
-		opts = append(opts, WithURLs(urls...))
+		add(WithURLs(urls...))
 	}
-	if n, ok, err := intVar("RABBITMQ_HEARTBEAT", 0, 3600); err != nil {
-		return nil, err
-	} else if ok {
-		opts = append(opts, WithHeartbeat(time.Duration(n)*time.Second))
+	if n, ok := r.int("RABBITMQ_HEARTBEAT", 0, 3600); ok {
+		add(WithHeartbeat(time.Duration(n) * time.Second))
 	}
-	if n, ok, err := intVar("RABBITMQ_CONNECTION_TIMEOUT", 1, 3600_000); err != nil {
-		return nil, err
-	} else if ok {
-		opts = append(opts, WithConnectionTimeout(time.Duration(n)*time.Millisecond))
+	if d, ok := r.millis("RABBITMQ_CONNECTION_TIMEOUT", 1); ok {
+		add(WithConnectionTimeout(d))
 	}
-	if n, ok, err := intVar("ML_MAX_MESSAGE_RETRIES", 0, 1000); err != nil {
-		return nil, err
-	} else if ok {
-		opts = append(opts, WithMaxRetries(n))
+	if n, ok := r.int("ML_MAX_MESSAGE_RETRIES", 0, math.MaxInt); ok {
+		add(WithMaxRetries(int(n)))
 	}
-	threshold, hasT, err := intVar("ML_CIRCUIT_BREAKER_THRESHOLD", 1, 1_000_000)
-	if err != nil {
-		return nil, err
-	}
-	cooldown, hasC, err := intVar("ML_CIRCUIT_BREAKER_COOLDOWN", 1, 86_400_000)
-	if err != nil {
-		return nil, err
-	}
-	if v, ok := get("ML_SPOOL_DIR"); ok {
-		opts = append(opts, WithSpool(v))
-	}
+	threshold, hasT := r.int("ML_CIRCUIT_BREAKER_THRESHOLD", 1, min(math.MaxUint32, math.MaxInt))
+	cooldown, hasC := r.millis("ML_CIRCUIT_BREAKER_COOLDOWN", 1)
 	if hasT || hasC {
-		opts = append(opts, func(c *config) {
+		add(func(c *config) {
 			if hasT {
-				c.breakerThreshold = threshold
+				c.breakerThreshold = int(threshold)
 			}
 			if hasC {
-				c.breakerCooldown = time.Duration(cooldown) * time.Millisecond
+				c.breakerCooldown = cooldown
 			}
 		})
+	}
+	if d, ok := r.millis("ML_CONFIRM_TIMEOUT", 1); ok {
+		add(WithConfirmTimeout(d))
+	}
+
+	// (0, 0) turns buffering off; a 0 with the other half > 0 is refused.
+	qMsgs, hasQM := r.int("ML_RETRY_QUEUE_MESSAGES", 0, math.MaxInt)
+	qBytes, hasQB := r.int("ML_RETRY_QUEUE_BYTES", 0, math.MaxInt)
+	switch {
+	case r.err != nil:
+	case hasQM && qMsgs == 0 && !(hasQB && qBytes == 0):
+		r.fail("ML_RETRY_QUEUE_MESSAGES", r.given("ML_RETRY_QUEUE_MESSAGES"), "0 turns buffering off only with ML_RETRY_QUEUE_BYTES=0 too; otherwise want a whole number > 0")
+	case hasQB && qBytes == 0 && !(hasQM && qMsgs == 0):
+		r.fail("ML_RETRY_QUEUE_BYTES", r.given("ML_RETRY_QUEUE_BYTES"), "0 turns buffering off only with ML_RETRY_QUEUE_MESSAGES=0 too; otherwise want a whole number > 0")
+	case hasQM || hasQB:
+		add(func(c *config) {
+			if hasQM {
+				c.retryCapCount = int(qMsgs)
+			}
+			if hasQB {
+				c.retryCapBytes = int(qBytes)
+			}
+		})
+	}
+
+	rInit, rMax, hasRI, hasRM := r.backoff("ML_RETRY_BACKOFF_INITIAL", "ML_RETRY_BACKOFF_MAX", def.retryInitial, def.retryMax)
+	if hasRI || hasRM {
+		add(func(c *config) {
+			if hasRI {
+				c.retryInitial = rInit
+			}
+			if hasRM {
+				c.retryMax = rMax
+			}
+		})
+	}
+	cInit, cMax, hasCI, hasCM := r.backoff("ML_RECONNECT_BACKOFF_INITIAL", "ML_RECONNECT_BACKOFF_MAX", def.reconnectInitial, def.reconnectMax)
+	if hasCI || hasCM {
+		add(func(c *config) {
+			if hasCI {
+				c.reconnectInitial = cInit
+			}
+			if hasCM {
+				c.reconnectMax = cMax
+			}
+		})
+	}
+
+	if d, ok := r.millis("ML_HEALTH_CHECK_INTERVAL", 0); ok {
+		add(WithHealthCheckInterval(d))
+	}
+	if n, ok := r.int("ML_MAX_IN_FLIGHT", 1, math.MaxInt); ok {
+		add(WithMaxInFlight(int(n)))
+	}
+	if n, ok := r.int("ML_MAX_CONTENT_BYTES", 1, maxContentLimit); ok {
+		add(WithMaxContentBytes(int(n)))
+	}
+	if schemes, ok := r.list("ML_MEDIA_URL_SCHEMES"); ok {
+		add(WithMediaURLSchemes(schemes...))
+	}
+	if v, ok := r.str("ML_CONNECTION_NAME"); ok {
+		add(WithConnectionName(v))
+	}
+
+	if v, ok := r.str("ML_SPOOL_DIR"); ok {
+		add(WithSpool(v))
+	}
+	sMsgs, hasSM := r.int("ML_SPOOL_MESSAGES", 1, math.MaxInt)
+	sBytes, hasSB := r.int("ML_SPOOL_BYTES", 1, math.MaxInt64)
+	if hasSM || hasSB {
+		add(func(c *config) {
+			if hasSM {
+				c.spoolCapCount = int(sMsgs)
+			}
+			if hasSB {
+				c.spoolCapBytes = sBytes
+			}
+		})
+	}
+
+	exchange, hasEx := r.str("ML_TOPOLOGY_EXCHANGE")
+	qt, hasQT := r.str("ML_TOPOLOGY_QUEUE_TYPE")
+	if hasQT && qt != string(QueueClassic) && qt != string(QueueQuorum) {
+		r.fail("ML_TOPOLOGY_QUEUE_TYPE", qt, `want "classic" or "quorum"`)
+	}
+	var noDeclare, hasND bool
+	if v, ok := r.str("ML_TOPOLOGY_NO_DECLARE"); ok {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			r.fail("ML_TOPOLOGY_NO_DECLARE", v, "want true or false (or 1 or 0)")
+		}
+		noDeclare, hasND = b, err == nil
+	}
+	if hasEx || hasQT || hasND {
+		add(func(c *config) {
+			if hasEx {
+				c.topology.Exchange = exchange
+			}
+			if hasQT {
+				c.topology.QueueType = QueueType(qt)
+			}
+			if hasND {
+				c.topology.NoDeclare = noDeclare
+			}
+		})
+	}
+
+	if r.err != nil {
+		return nil, r.err
 	}
 	return opts, nil
 }

@@ -12,10 +12,7 @@ import (
 
 func applyEnv(t *testing.T, env map[string]string) (config, error) {
 	t.Helper()
-	opts, err := optionsFromLookup(func(k string) (string, bool) {
-		v, ok := env[k]
-		return v, ok
-	})
+	opts, err := OptionsFromLookup(lookupMap(env))
 	cfg := defaultConfig()
 	cfg.logger = nil
 	for _, o := range opts {
@@ -25,6 +22,7 @@ func applyEnv(t *testing.T, env map[string]string) (config, error) {
 }
 
 func TestOptionsFromEnv(t *testing.T) {
+	t.Parallel()
 	cfg, err := applyEnv(t, map[string]string{
 		"RABBITMQ_URL":                 "amqp://u:p@a:5672/, amqps://u:p@b:5671/vh",
 		"RABBITMQ_HEARTBEAT":           "15",
@@ -56,6 +54,7 @@ func TestOptionsFromEnv(t *testing.T) {
 }
 
 func TestOptionsFromEnvRefusesBadValues(t *testing.T) {
+	t.Parallel()
 	cases := []struct{ name, value string }{
 		{"RABBITMQ_URL", "http://host/"},
 		{"RABBITMQ_URL", "amqp://ok/,"},
@@ -74,6 +73,7 @@ func TestOptionsFromEnvRefusesBadValues(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name+"="+tc.value, func(t *testing.T) {
+			t.Parallel()
 			_, err := applyEnv(t, map[string]string{tc.name: tc.value})
 			require.Error(t, err)
 			assert.True(t, errors.Is(err, ErrInvalidOption))
@@ -86,6 +86,7 @@ func TestOptionsFromEnvRefusesBadValues(t *testing.T) {
 }
 
 func TestOptionErrorRedactsPassword(t *testing.T) {
+	t.Parallel()
 	// Malformed values that url.Parse takes without seeing a password in
 	// them are the ones that leaked before: the error must not show it either.
 	for _, raw := range []string{
@@ -98,6 +99,7 @@ func TestOptionErrorRedactsPassword(t *testing.T) {
 		"amqp://user:s3cr%zzet@host/",
 	} {
 		t.Run(raw, func(t *testing.T) {
+			t.Parallel()
 			_, err := applyEnv(t, map[string]string{"RABBITMQ_URL": raw})
 			require.ErrorIs(t, err, ErrInvalidOption)
 			assert.NotContains(t, err.Error(), "s3cr")
@@ -109,6 +111,7 @@ func TestOptionErrorRedactsPassword(t *testing.T) {
 }
 
 func TestRedactURL(t *testing.T) {
+	t.Parallel()
 	for raw, want := range map[string]string{
 		"amqp://user:s3cret@host:5672/vh": "amqp://user:xxxxx@host:5672/vh",
 		"amqps://host/":                   "amqps://host/",
