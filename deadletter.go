@@ -144,6 +144,20 @@ func (p *Producer) waitHooks(ctx context.Context) int {
 	return len(rest)
 }
 
+// dropHooks stops the hook goroutine at once, as a killed process would: the
+// queued messages never reach the hook and stay in the spool. For tests
+// (crash).
+func (p *Producer) dropHooks() {
+	if p.hookDone == nil {
+		return
+	}
+	p.hookMu.Lock()
+	p.hookAbandon = true
+	p.hookq = nil
+	p.hookCond.Broadcast()
+	p.hookMu.Unlock()
+}
+
 // closedErr is the DeadLetter.Err of a message left unconfirmed at Close:
 // [ErrClosed], and why (cause: ctx's error; nil when the connection could
 // not take the message), and what its sends got.

@@ -237,10 +237,10 @@ func New(opts ...Option) (*Producer, error) {
 			return nil, fmt.Errorf("mlproducer: register metrics: %w (give each Producer on one registerer its own WithConnectionName)", err)
 		}
 	}
+	p.startHooks() // before the retry loop, which may dead-letter at once
 	p.wg.Add(2)
 	go p.supervise()
 	go p.retryLoop()
-	p.startHooks()
 	return p, nil
 }
 
@@ -466,7 +466,9 @@ func (p *Producer) confirmed(m *message) {
 // stays held (and in the spool): see finishDead.
 func (p *Producer) deadLetter(m *message, err error) {
 	p.metrics.count(m.typ, outDeadLettered)
-	sends := int(m.sends.Load())
+	// The writes that returned; a failure is charged only to a write, but
+	// its nack or return can be handled before the writer counted the write.
+	sends := max(int(m.sends.Load()), m.attempts)
 	p.log.Warn("mlproducer: message dead-lettered",
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
 		slog.Int("attempts", sends), slog.Any("error", err))
@@ -542,7 +544,10 @@ func (p *Producer) setState(st ConnectionState) {
 // message still unconfirmed goes to the dead-letter hook. The error says how
 // many. With [WithSpool], the unconfirmed messages stay in the spool for the
 // next [New] on its dir instead, the error says how many were left, and the
-// dir is released. No goroutine of the Producer survives Close. Calling Close again
+// dir is released. The dead-letter hook is waited for until ctx ends and at
+// most one second more ([WithDeadLetter] says what happens to the messages
+// it has not had by then). No goroutine of the Producer survives Close but a
+// hook call still running then, which finishes on its own. Calling Close again
 // waits for the first call and returns its result.
 func (p *Producer) Close(ctx context.Context) error {
 	p.closeMu.Lock()
