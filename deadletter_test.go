@@ -305,3 +305,33 @@ func TestDeadLetterAtCloseSaysWhyAndCountsSends(t *testing.T) {
 		t.Logf("never sent: %v", d.Err)
 	})
 }
+
+// Retries go on while the hook blocks: the retry loop only queues dead
+// letters for the hook's goroutine.
+func TestDeadLetterHookBlockingStallsNoRetry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		release := make(chan struct{})
+		p := newFake(t, b, mlproducer.WithMaxRetries(1),
+			mlproducer.WithDeadLetter(func(mlproducer.DeadLetter) { <-release }))
+		waitConnected(t, p)
+		b.NackNext(2)
+		_, err := p.PublishSummarization(context.Background(), "s", "dead", mlproducer.SummarizationOptions{})
+		require.NoError(t, err)
+		time.Sleep(time.Second)
+		synctest.Wait()
+		require.EqualValues(t, 1, p.Status().DeadLettered, "in the hook, which blocks")
+
+		b.NackNext(1)
+		r, err := p.PublishSummarization(context.Background(), "s", "retried", mlproducer.SummarizationOptions{})
+		require.NoError(t, err)
+		require.Equal(t, mlproducer.Queued, r.State, "nacked once, waiting for its retry")
+		time.Sleep(time.Second)
+		synctest.Wait()
+		assert.Equal(t, []string{r.MessageID}, b.MessageIDs("ml.summarization"), "retried and stored while the hook blocks")
+		assert.EqualValues(t, 1, p.Status().Confirmed)
+		close(release)
+		require.NoError(t, closeProducer(t, p))
+	})
+}
