@@ -69,6 +69,7 @@ type counters struct {
 	failures   [numFailures]atomic.Uint64
 	retried    atomic.Uint64 // sends from the retry queue
 	reconnects atomic.Uint64 // connection attempts after a lost connection
+	hookPanics atomic.Uint64 // dead-letter hook calls that panicked
 
 	// Publish-to-confirm latency of confirmed messages: cumulative-free
 	// bucket counts (one per bound, plus +Inf), their sum in nanoseconds.

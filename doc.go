@@ -97,7 +97,9 @@
 // [Producer.Close] works like [net/http.Server.Shutdown]: new publishes fail
 // with [ErrClosed], owned messages are given until ctx ends to be confirmed,
 // then the connection closes and whatever is still unconfirmed goes to the
-// dead-letter hook; the error says how many. No goroutine survives Close.
+// dead-letter hook, which Close waits for at most one second more; the error
+// says how many. No goroutine survives Close but a dead-letter hook call
+// still running then ([WithDeadLetter]).
 //
 // # Crash-safe spool
 //

@@ -29,6 +29,7 @@ import (
 //	ml_producer_retries_total               counter: sends from the retry queue
 //	ml_producer_dead_letters_total          counter: messages handed to the dead-letter hook
 //	ml_producer_reconnects_total            counter: connection attempts after a lost connection
+//	ml_producer_dead_letter_hook_panics_total counter: dead-letter hook calls that panicked
 //	ml_producer_confirm_latency_seconds     histogram: last send to confirm, 0.5 ms to 10 s
 //
 // Types are summarization, transcription, embedding and unknown (an invalid

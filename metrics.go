@@ -26,6 +26,7 @@ type collector struct {
 	retries         *prometheus.Desc
 	deadLetters     *prometheus.Desc
 	reconnects      *prometheus.Desc
+	hookPanics      *prometheus.Desc
 	confirmLatency  *prometheus.Desc
 }
 
@@ -57,6 +58,8 @@ func newCollector(p *Producer) prometheus.Collector {
 			"Messages handed to the dead-letter hook after their attempts ran out or the Producer closed (all task types)."),
 		reconnects: desc("reconnects_total",
 			"Connection attempts made after a lost connection."),
+		hookPanics: desc("dead_letter_hook_panics_total",
+			"Calls of the dead-letter hook that panicked (recovered and logged; the message still counts as dead-lettered)."),
 		confirmLatency: desc("confirm_latency_seconds",
 			"Time from the last send of a message to its broker confirm, for confirmed messages."),
 	}
@@ -73,6 +76,7 @@ func (c *collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.retries
 	ch <- c.deadLetters
 	ch <- c.reconnects
+	ch <- c.hookPanics
 	ch <- c.confirmLatency
 }
 
@@ -106,6 +110,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	send(c.retries, prometheus.CounterValue, float64(m.retried.Load()))
 	send(c.deadLetters, prometheus.CounterValue, float64(m.total(outDeadLettered)))
 	send(c.reconnects, prometheus.CounterValue, float64(m.reconnects.Load()))
+	send(c.hookPanics, prometheus.CounterValue, float64(m.hookPanics.Load()))
 
 	// latBuckets holds one count per bucket (not cumulative) and a last
 	// one for +Inf; Prometheus wants cumulative counts per upper bound, and

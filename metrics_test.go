@@ -40,6 +40,7 @@ var goldenMetrics = []string{
 	"ml_producer_retries_total",
 	"ml_producer_dead_letters_total",
 	"ml_producer_reconnects_total",
+	"ml_producer_dead_letter_hook_panics_total",
 }
 
 // compareGolden compares the goldenMetrics gathered from g with

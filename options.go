@@ -51,15 +51,29 @@ type Topology struct {
 }
 
 // DeadLetter is a message the Producer accepted but could not get confirmed:
-// its retries ran out, or [Producer.Close] ended before it was confirmed.
+// its retries ran out ([WithMaxRetries]), or [Producer.Close] ended before it
+// was confirmed. Without a spool, Close hands every message still unconfirmed
+// to the hook; with [WithSpool] those stay in the spool instead, and only the
+// messages whose retries ran out are dead-lettered.
 type DeadLetter struct {
-	// Message is the message as accepted, with its ID.
+	// Message is the message as accepted: its type, ID and body (the
+	// hook may keep it; the Producer no longer writes to it).
 	Message Message
-	// Attempts is how many times it was sent and refused (nacked, returned,
-	// or not confirmed in time).
+	// Attempts is how many times the message was written to a connection:
+	// the value of [AttemptHeader] on its last send, counted across
+	// restarts with [WithSpool]. A message whose retries ran out was sent
+	// maxRetries+1 times, plus any send lost with its connection (those
+	// are retried without spending a retry). At Close it is 0 for a
+	// message that never left the retry queue, and 1 for one sent once and
+	// never confirmed.
 	Attempts int
-	// Err is the last error: why the last attempt failed, or [ErrClosed]
-	// wrapped with the reason for messages left at shutdown.
+	// Err says why the message was given up on. When its retries ran out:
+	// the last attempt's error (a nack, a return as unroutable, or no
+	// confirm within the confirm timeout). At Close: an error that
+	// [errors.Is] [ErrClosed] and also wraps why: ctx's error
+	// ([context.DeadlineExceeded] or [context.Canceled]), or, when ctx had
+	// not ended, that there was no connection to take the message; and, if
+	// an attempt failed, that attempt's error.
 	Err error
 }
 
@@ -429,11 +443,35 @@ func WithPlaintextAllowed() Option { return func(c *config) { c.plaintextAllowed
 func WithDialer(d transport.Dialer) Option { return func(c *config) { c.dialer = d } }
 
 // WithDeadLetter sets the function that receives each message the Producer
-// gave up on. It is called from one goroutine at a time, must not block for
-// long, and must not call the Producer: the messages left at Close are handed
-// to it on Close's goroutine after ctx ended, so a slow hook delays Close by
-// its own time. A panic in it is logged and the message still counts as
-// dead-lettered. Default: none (dead letters are still logged and counted).
+// gave up on (see [DeadLetter]). The Producer counts and logs each such message
+// at once, then calls f on a goroutine of its own, one message at a time in
+// the order they were given up on, so a slow or panicking hook holds up
+// neither confirms, retries nor publishes. A panic in f is recovered, logged
+// (with the stack) and counted (ml_producer_dead_letter_hook_panics_total);
+// the message still counts as dead-lettered.
+//
+// Until f returns, the message is still the Producer's: it counts against
+// the capacity of [WithRetryQueueCapacity] (or [WithSpool], whose record is
+// deleted only after f returned, so a crash during f sends it again after
+// the restart). A hook that stays blocked therefore makes publishes fail
+// with [ErrRetryQueueFull] once that capacity is used up, and never
+// otherwise.
+//
+// f may call [Producer.Publish] (and the other publish methods) and
+// [Producer.Status]: a publish from f works as from any goroutine (once Close
+// began it returns [ErrClosed]), and only delays the next dead letters. f
+// must not call [Producer.Close]: Close waits for the hook, so a Close
+// called from f returns only when its ctx has ended, and never with a ctx
+// that does not end.
+//
+// [Producer.Close] waits for the hook until its ctx ends, and then at most
+// one second more, in which the messages still unconfirmed at that moment
+// are handed to f (a quick hook gets them all). After that, Close returns:
+// the messages f has not been called with are logged at level Error with
+// their ID and are left in the spool with [WithSpool], dropped without one;
+// a call of f still running is the one thing Close does not wait for: it
+// finishes on its own goroutine, which then exits and calls f no more.
+// Default: none (dead letters are still logged and counted).
 func WithDeadLetter(f func(DeadLetter)) Option { return func(c *config) { c.deadLetter = f } }
 
 // WithRegisterer registers the Producer's Prometheus metrics on r when [New]

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -164,6 +165,16 @@ type Producer struct {
 	closeMu  sync.Mutex
 	closed   bool
 	closeErr error
+
+	// The dead-letter hook's queue and goroutine (deadletter.go); nil
+	// hookDone without a hook. hookq is bounded by the Producer's capacity:
+	// a message in it is still held.
+	hookMu      sync.Mutex
+	hookCond    *sync.Cond // signalled on hookMu: an item, hookStop or hookAbandon
+	hookq       []deadItem
+	hookStop    bool // Close: return once hookq is empty
+	hookAbandon bool // Close gave up waiting: take no more items
+	hookDone    chan struct{}
 }
 
 // New validates the options and starts connecting in the background. It does
@@ -227,6 +238,7 @@ func New(opts ...Option) (*Producer, error) {
 			return nil, fmt.Errorf("mlproducer: register metrics: %w (give each Producer on one registerer its own WithConnectionName)", err)
 		}
 	}
+	p.startHooks() // before the retry loop, which may dead-letter at once
 	p.wg.Add(2)
 	go p.supervise()
 	go p.retryLoop()
@@ -457,37 +469,41 @@ func (p *Producer) confirmed(m *message) {
 }
 
 // deadLetter accounts for a message given up on and hands it to the hook.
+// It is counted and logged at once; the hook runs on its own goroutine
+// (hookLoop), so a slow or stuck hook holds up neither the caller (the retry
+// loop, Close) nor confirms or publishes. Until the hook returned the message
+// stays held (and in the spool): see finishDead.
 func (p *Producer) deadLetter(m *message, err error) {
 	p.metrics.count(m.typ, outDeadLettered)
+	// The writes that returned; a failure is charged only to a write, but
+	// its nack or return can be handled before the writer counted the write.
+	sends := max(int(m.sends.Load()), m.attempts)
 	p.log.Warn("mlproducer: message dead-lettered",
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
-		slog.Int("attempts", m.attempts), slog.Any("error", err))
-	p.callDeadLetter(DeadLetter{
-		Message:  Message{Type: m.typ, ID: m.id, Body: m.body},
-		Attempts: m.attempts,
-		Err:      err,
-	})
-	// Out of the spool only once the hook has it, and for good.
-	if p.spool != nil {
-		if err := p.spool.removeNow(m.key); err != nil && !errors.Is(err, ErrClosed) {
-			p.log.Error("mlproducer: cannot remove a dead-lettered message from the spool; it may be sent again after a restart",
-				slog.String("messageId", m.id), slog.Any("error", err))
-		}
+		slog.Int("attempts", sends), slog.Any("error", err))
+	if p.cfg.deadLetter == nil {
+		p.finishDead(m, true)
+		return
 	}
-	p.release(len(m.body))
-	p.disown()
+	p.queueHook(deadItem{m: m, dl: DeadLetter{
+		Message:  Message{Type: m.typ, ID: m.id, Body: m.body},
+		Attempts: sends,
+		Err:      err,
+	}})
 }
 
-// callDeadLetter calls the hook; a panic in it is logged, not fatal, and the
-// message still counts as handed over.
+// callDeadLetter calls the hook; a panic in it is logged and counted, not
+// fatal, and the message still counts as handed over.
 func (p *Producer) callDeadLetter(d DeadLetter) {
 	if p.cfg.deadLetter == nil {
 		return
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			p.log.Error("mlproducer: the dead-letter hook panicked",
-				slog.String("messageId", d.Message.ID), slog.Any("panic", r))
+			p.metrics.hookPanics.Add(1)
+			p.log.Error("mlproducer: the dead-letter hook panicked; the message counts as handed over",
+				slog.String("messageId", d.Message.ID), slog.Any("panic", r),
+				slog.String("stack", string(debug.Stack())))
 		}
 	}()
 	p.cfg.deadLetter(d)
@@ -537,7 +553,10 @@ func (p *Producer) setState(st ConnectionState) {
 // message still unconfirmed goes to the dead-letter hook. The error says how
 // many. With [WithSpool], the unconfirmed messages stay in the spool for the
 // next [New] on its dir instead, the error says how many were left, and the
-// dir is released. No goroutine of the Producer survives Close. Calling Close again
+// dir is released. The dead-letter hook is waited for until ctx ends and at
+// most one second more ([WithDeadLetter] says what happens to the messages
+// it has not had by then). No goroutine of the Producer survives Close but a
+// hook call still running then, which finishes on its own. Calling Close again
 // waits for the first call and returns its result.
 func (p *Producer) Close(ctx context.Context) error {
 	p.closeMu.Lock()
@@ -573,15 +592,6 @@ drain:
 
 	p.flushDeadLetters()
 	left, kept := 0, 0
-	if p.spool != nil {
-		// What is unconfirmed stays in the spool for the next start.
-		p.rmu.Lock()
-		kept = p.retry.len()
-		p.rmu.Unlock()
-		if err := p.spool.close(); err != nil {
-			p.log.Error("mlproducer: closing the spool", slog.Any("error", err))
-		}
-	}
 	for p.spool == nil {
 		p.rmu.Lock()
 		m, _ := p.retry.pop()
@@ -594,11 +604,20 @@ drain:
 		}
 		left++
 		m.signal(DeadLettered)
-		err := ErrClosed
-		if m.lastErr != nil {
-			err = fmt.Errorf("%w before the message was confirmed (last attempt: %v)", ErrClosed, m.lastErr)
+		p.deadLetter(m, closedErr(m, cause))
+	}
+	// The hook gets until ctx ends (and a grace for what Close just handed
+	// it); then Close goes on without it. Before the spool closes: a
+	// message whose hook has not returned stays in it.
+	p.waitHooks(ctx)
+	if p.spool != nil {
+		// What is unconfirmed stays in the spool for the next start.
+		p.rmu.Lock()
+		kept = p.retry.len()
+		p.rmu.Unlock()
+		if err := p.spool.close(); err != nil {
+			p.log.Error("mlproducer: closing the spool", slog.Any("error", err))
 		}
-		p.deadLetter(m, err)
 	}
 	p.setState(Closed)
 	if p.cfg.registerer != nil {

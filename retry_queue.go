@@ -99,8 +99,8 @@ func (h *msgHeap) Pop() any {
 }
 
 // retryLoop hands due messages to the current session, and dead-letters the
-// messages whose attempts ran out. It is the only goroutine that calls the
-// dead-letter hook before Close.
+// messages whose attempts ran out: it counts and logs them and queues them for
+// the hook's own goroutine (hookLoop), so a slow hook never delays retries.
 func (p *Producer) retryLoop() {
 	defer p.wg.Done()
 	timer := time.NewTimer(time.Hour)
@@ -277,8 +277,9 @@ func (p *Producer) cancelRetry(m *message) {
 	p.rmu.Unlock()
 }
 
-// flushDeadLetters hands the dead-lettered messages to the hook, outside any
-// lock.
+// flushDeadLetters hands the messages whose attempts ran out to deadLetter,
+// outside any lock. Without a hook, deadLetter removes them from the spool
+// itself, which waits for a sync: hence not on the session's goroutines.
 func (p *Producer) flushDeadLetters() {
 	p.rmu.Lock()
 	dead := p.deadq

@@ -21,6 +21,7 @@ func (p *Producer) crash() {
 	close(p.stop)
 	p.stopAll()
 	p.wg.Wait()
+	p.dropHooks()
 	if p.spool != nil {
 		p.spool.crash()
 	}
