@@ -141,6 +141,7 @@ type Producer struct {
 	owned     atomic.Int64 // publishes admitted and messages not yet final
 	held      atomic.Int64 // messages accepted and not yet final
 	heldBytes atomic.Int64 // their bodies' size
+	drain     drainRate    // the recent confirm rate, for RetryAfter
 	closing   atomic.Bool
 	closeBy   atomic.Int64    // unix nanos by which Close must be done; 0 none
 	stopCtx   context.Context // done when Close stops the goroutines
@@ -377,7 +378,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 		notSent(done)
 		p.disown()
 		p.metrics.count(typ, outQueueFull)
-		return Receipt{}, ErrRetryQueueFull
+		return Receipt{}, queueFullError{p}
 	}
 	if p.spool != nil {
 		if err := p.spool.put(m); err != nil {
@@ -402,7 +403,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 			p.release(len(body))
 			p.disown()
 			p.metrics.count(typ, outQueueFull)
-			return Receipt{}, ErrRetryQueueFull
+			return Receipt{}, queueFullError{p}
 		}
 		p.admit.RUnlock()
 		p.metrics.count(typ, outAccepted)
@@ -525,10 +526,11 @@ func (p *Producer) setState(st ConnectionState) {
 // Close shuts the Producer down, like [net/http.Server.Shutdown]: new
 // publishes fail with [ErrClosed] at once; the messages it owns are given
 // until ctx ends to be confirmed; then the connection is closed and every
-// message still unconfirmed goes to the dead-letter hook. The error says how
-// many. With [WithSpool], the unconfirmed messages stay in the spool for the
-// next [New] on its dir instead, the error says how many were left, and the
-// dir is released. No goroutine of the Producer survives Close. Calling Close again
+// message still unconfirmed goes to the dead-letter hook. The error, a
+// [*CloseError], says how many and wraps ctx's error if ctx ended first. With
+// [WithSpool], the unconfirmed messages stay in the spool for the next [New]
+// on its dir instead, the error says how many were left, and the dir is
+// released. No goroutine of the Producer survives Close. Calling Close again
 // waits for the first call and returns its result.
 func (p *Producer) Close(ctx context.Context) error {
 	p.closeMu.Lock()
@@ -595,14 +597,11 @@ drain:
 	if p.cfg.registerer != nil {
 		p.cfg.registerer.Unregister(p.collector)
 	}
-	if cause == nil && left+kept > 0 {
-		cause = errors.New("no connection")
-	}
-	switch {
-	case left > 0:
-		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, handed to the dead-letter hook (%w)", left, cause)
-	case kept > 0:
-		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, left in the spool %s for the next start (%w)", kept, p.cfg.spoolDir, cause)
+	if left+kept > 0 {
+		if cause == nil {
+			cause = errNoConnection
+		}
+		p.closeErr = &CloseError{Unconfirmed: left + kept, DeadLettered: left, LeftInSpool: kept, SpoolDir: p.cfg.spoolDir, cause: cause}
 	}
 	p.log.Info("mlproducer: closed", slog.Int("deadLettered", left), slog.Int("leftInSpool", kept))
 	return p.closeErr
