@@ -258,20 +258,35 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 // Publish publishes a task whose JSON body the caller built. The typed methods
 // ([Producer.PublishSummarization] and the others) are built on it.
 //
+// Publish waits for the confirm at most until ctx ends or the confirm timeout
+// passes, whichever is first; it never waits for a connection: while there is
+// none, the broker blocks publishers, or the circuit breaker is open, the
+// message goes to the retry queue and Publish returns at once with [Queued],
+// for as long as the queue has room.
+//
+// Every outcome is one of these (the list is the same in the package doc and
+// the README). An error means the message was not taken; nothing was sent or
+// kept:
+//   - an [*InvalidTaskError], wrapping [ErrInvalidTask], and [ErrTooLarge] as
+//     well for content or a body over its limit;
+//   - [ErrClosed]: [Producer.Close] has begun;
+//   - [ErrCircuitOpen]: the breaker is open, only without a buffer
+//     ([WithRetryQueueCapacity](0, 0)); [RetryAfter] gives the remaining
+//     cooldown;
+//   - [ErrRetryQueueFull]: the message would have to wait and the buffer is
+//     full (or there is none); [RetryAfter] gives an estimate of the wait;
+//   - [ErrSpoolUnavailable]: with [WithSpool], the disk refused the write;
+//   - ctx's error: ctx ended before the hand-off.
+//
 // A nil error means the Producer took the message and owns it until the
 // broker confirms it or it is handed to the dead-letter hook; the [Receipt]
-// says how far it got. Publish waits for the confirm at most until ctx ends
-// or the confirm timeout passes, whichever is first; it never waits for a
-// connection: while there is none, the broker blocks publishers, or the
-// circuit breaker is open, the message goes to the retry queue and Publish
-// returns at once with [Queued], for as long as the queue has room.
-//
-// An error means the message was not taken: an [*InvalidTaskError],
-// [ErrClosed], [ErrRetryQueueFull] (the message would have to wait and the
-// buffer is full, or there is none: [WithRetryQueueCapacity](0, 0)),
-// [ErrCircuitOpen] (only without a buffer, while the breaker is open),
-// [ErrSpoolUnavailable] (with [WithSpool], the disk refused the write), or
-// ctx's error when ctx ended before the hand-off.
+// says how far it got:
+//   - [Confirmed]: the broker confirmed it;
+//   - [Pending]: sent, not yet confirmed when ctx ended or the confirm
+//     timeout passed; the Producer keeps tracking it;
+//   - [Queued]: waiting in the retry queue;
+//   - [DeadLettered]: its attempts ran out before the call returned (only
+//     with [WithMaxRetries](0)); it went to the dead-letter hook.
 func (p *Producer) Publish(ctx context.Context, msg Message) (Receipt, error) {
 	if err := p.cfg.limits.validateMessage(&msg); err != nil {
 		p.metrics.count(msg.Type, outInvalid)
