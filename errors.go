@@ -164,11 +164,13 @@ func (e queueFullError) Unwrap() error { return ErrRetryQueueFull }
 //     refused, counted from now; at least 1 ms (once the cooldown has passed,
 //     the breaker waits for its probe's outcome).
 //   - [ErrRetryQueueFull]: an estimate of the time the Producer needs to
-//     confirm the messages it holds, at the rate it confirmed messages over
-//     the last one to two seconds (measured by the calls to RetryAfter). When
-//     no rate is known (nothing confirmed lately: no connection, or the first
-//     call), it is the initial interval of [WithRetryBackoff]. The estimate is
-//     at least that initial interval and at most a minute.
+//     confirm the messages it holds, at the rate it confirmed messages
+//     recently. The rate is sampled by the calls to RetryAfter themselves
+//     (no goroutine): it is measured from an earlier call, at least one
+//     second and at most about a minute before. When no rate is known
+//     (nothing confirmed in that span, as with no connection, or no earlier
+//     call within 30 s), it is the initial interval of [WithRetryBackoff].
+//     The estimate is at least that initial interval and at most a minute.
 func RetryAfter(err error) (time.Duration, bool) {
 	var open *circuitOpenError
 	if errors.As(err, &open) {
