@@ -60,6 +60,10 @@ type breaker struct {
 	// written under gobreaker's lock.
 	openedByDial atomic.Bool
 	lastFailDial atomic.Bool
+	// refusal is the error of a refused attempt since the last transition
+	// to open, carrying the end of its cooldown for [RetryAfter]; made once
+	// per opening so that a refusal allocates nothing.
+	refusal atomic.Pointer[circuitOpenError]
 }
 
 func newBreaker(p *Producer) *breaker {
@@ -95,7 +99,9 @@ func (b *breaker) newCB() *gobreaker.TwoStepCircuitBreaker[struct{}] {
 				return
 			}
 			if to == gobreaker.StateOpen {
-				b.openedAt.Store(time.Now().UnixNano())
+				now := time.Now()
+				b.openedAt.Store(now.UnixNano())
+				b.refusal.Store(&circuitOpenError{until: now.Add(p.cfg.breakerCooldown)})
 				b.openedByDial.Store(b.lastFailDial.Load())
 			}
 			// Called under the breaker's lock: only log and wake.
@@ -106,10 +112,14 @@ func (b *breaker) newCB() *gobreaker.TwoStepCircuitBreaker[struct{}] {
 	return cb
 }
 
-// allow takes a ticket for one attempt, or fails with [ErrCircuitOpen].
+// allow takes a ticket for one attempt, or fails with an error that wraps
+// [ErrCircuitOpen] and carries the remaining cooldown (see [RetryAfter]).
 func (b *breaker) allow() (func(error), error) {
 	done, err := b.cb.Load().Allow()
 	if err != nil {
+		if r := b.refusal.Load(); r != nil {
+			return nil, r
+		}
 		return nil, ErrCircuitOpen
 	}
 	return done, nil

@@ -5,17 +5,34 @@
 //
 // # Guarantees
 //
-// Delivery is at-least-once and nothing is lost silently. A publish returns an
-// error only when the Producer did not take the message (invalid task,
-// closed, buffer full, circuit open with buffering off, the spool's disk
-// refusing the write, or ctx ended before the hand-off); then nothing
-// was sent or kept. A nil error means the Producer owns the message until the
-// broker confirms it (publisher confirms, basic.ack) or, when its retries run
-// out or [Producer.Close] ends first, hands it to the dead-letter hook
+// Delivery is at-least-once and nothing is lost silently. Every outcome of a
+// publish is one of these (the same list as in [Producer.Publish] and the
+// README). An error means the Producer did not take the message, and nothing
+// was sent or kept:
+//   - an [*InvalidTaskError], wrapping [ErrInvalidTask], and [ErrTooLarge] as
+//     well for content or a body over its limit;
+//   - [ErrClosed]: [Producer.Close] has begun;
+//   - [ErrCircuitOpen]: the breaker is open, only without a buffer
+//     ([WithRetryQueueCapacity](0, 0)); [RetryAfter] gives the remaining
+//     cooldown;
+//   - [ErrRetryQueueFull]: the message would have to wait and the buffer is
+//     full (or there is none); [RetryAfter] gives an estimate of the wait;
+//   - [ErrSpoolUnavailable]: with [WithSpool], the disk refused the write;
+//   - ctx's error: ctx ended before the hand-off.
+//
+// A nil error means the Producer owns the message until the broker confirms
+// it (publisher confirms, basic.ack) or, when its retries run out or
+// [Producer.Close] ends first, hands it to the dead-letter hook
 // ([WithDeadLetter]) and counts it. The [Receipt] says how far it got:
-// [Confirmed], [Pending] (handed to the connection, not yet confirmed when
-// ctx ended or the confirm timeout passed) or [Queued] (waiting in the retry
-// queue).
+//   - [Confirmed]: the broker confirmed it;
+//   - [Pending]: sent, not yet confirmed when ctx ended or the confirm
+//     timeout passed; the Producer keeps tracking it;
+//   - [Queued]: waiting in the retry queue;
+//   - [DeadLettered]: its attempts ran out before the call returned (only
+//     with [WithMaxRetries](0)); it went to the dead-letter hook.
+//
+// A service maps these to HTTP statuses as Example (httpStatus) shows; the
+// error of Close is a [*CloseError] with the counts of what it left.
 //
 // An attempt counts against [WithMaxRetries] only when the message reached
 // the broker and failed: a nack, a return, no confirm one confirm timeout
@@ -97,9 +114,9 @@
 // [Producer.Close] works like [net/http.Server.Shutdown]: new publishes fail
 // with [ErrClosed], owned messages are given until ctx ends to be confirmed,
 // then the connection closes and whatever is still unconfirmed goes to the
-// dead-letter hook, which Close waits for at most one second more; the error
-// says how many. No goroutine survives Close but a dead-letter hook call
-// still running then ([WithDeadLetter]).
+// dead-letter hook, which Close waits for at most one second more; the error,
+// a [*CloseError], says how many. No goroutine survives Close but a
+// dead-letter hook call still running then ([WithDeadLetter]).
 //
 // # Crash-safe spool
 //

@@ -3,6 +3,8 @@ package mlproducer
 import (
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 )
 
 // Sentinel errors. Test for them with [errors.Is].
@@ -86,3 +88,132 @@ func (e *OptionError) Error() string {
 
 // Unwrap returns [ErrInvalidOption].
 func (e *OptionError) Unwrap() error { return ErrInvalidOption }
+
+// CloseError is the error of [Producer.Close] when messages the Producer had
+// taken were still unconfirmed at the end: without a spool they were handed
+// to the dead-letter hook, with [WithSpool] they stay in the spool and are
+// sent by the next Producer started on the same dir. Get it with
+// [errors.As]; [errors.Is](err, [context.DeadlineExceeded]) (or
+// [context.Canceled]) tells that Close's ctx ended before they were
+// confirmed.
+type CloseError struct {
+	// Unconfirmed is how many accepted messages had no confirm when Close
+	// returned: DeadLettered plus LeftInSpool.
+	Unconfirmed int
+	// DeadLettered is how many of them were handed to the dead-letter hook
+	// (always 0 with a spool).
+	DeadLettered int
+	// LeftInSpool is how many of them stay in the spool for the next start
+	// (always 0 without a spool).
+	LeftInSpool int
+	// SpoolDir is the dir of [WithSpool], or "" without a spool.
+	SpoolDir string
+
+	cause error // ctx's error, or errNoConnection
+}
+
+func (e *CloseError) Error() string {
+	switch {
+	case e.LeftInSpool == 0:
+		return fmt.Sprintf("mlproducer: closed with %d messages unconfirmed, handed to the dead-letter hook (%v)", e.DeadLettered, e.cause)
+	case e.DeadLettered == 0:
+		return fmt.Sprintf("mlproducer: closed with %d messages unconfirmed, left in the spool %s for the next start (%v)", e.LeftInSpool, e.SpoolDir, e.cause)
+	}
+	return fmt.Sprintf("mlproducer: closed with %d messages unconfirmed: %d handed to the dead-letter hook, %d left in the spool %s for the next start (%v)",
+		e.Unconfirmed, e.DeadLettered, e.LeftInSpool, e.SpoolDir, e.cause)
+}
+
+// Unwrap returns the error of Close's ctx ([context.DeadlineExceeded] or
+// [context.Canceled]) when it ended before the messages were confirmed;
+// otherwise an error saying there was no connection to confirm them.
+func (e *CloseError) Unwrap() error { return e.cause }
+
+// circuitOpenError is the refusal of an open breaker: it wraps
+// [ErrCircuitOpen] and carries when the breaker lets a probe through. One is
+// made each time the breaker opens and shared by every refusal until the
+// next, so that a refusal allocates nothing.
+type circuitOpenError struct {
+	until time.Time // the end of the cooldown
+}
+
+func (e *circuitOpenError) Error() string { return ErrCircuitOpen.Error() }
+func (e *circuitOpenError) Unwrap() error { return ErrCircuitOpen }
+
+// queueFullError is the refusal of a full buffer: it wraps
+// [ErrRetryQueueFull] and lets [RetryAfter] ask its Producer how fast the
+// buffer drains. A struct holding one pointer, it becomes an error without an
+// allocation.
+type queueFullError struct {
+	p *Producer
+}
+
+func (e queueFullError) Error() string { return ErrRetryQueueFull.Error() }
+func (e queueFullError) Unwrap() error { return ErrRetryQueueFull }
+
+// RetryAfter says how long a caller refused with [ErrCircuitOpen] or
+// [ErrRetryQueueFull] should wait before trying again, for example in an HTTP
+// Retry-After header (rounded up to whole seconds). It returns false for any
+// other error, and for those two sentinels when they do not come from a
+// publish (a bare [ErrCircuitOpen] carries no time).
+//
+//   - [ErrCircuitOpen]: the breaker's remaining cooldown when the publish was
+//     refused, counted from now; at least 1 ms (once the cooldown has passed,
+//     the breaker waits for its probe's outcome).
+//   - [ErrRetryQueueFull]: an estimate of the time the Producer needs to
+//     confirm the messages it holds, at the rate it confirmed messages
+//     recently. The rate is sampled by the calls to RetryAfter themselves
+//     (no goroutine): it is measured from an earlier call, at least one
+//     second and at most about a minute before. When no rate is known
+//     (nothing confirmed in that span, as with no connection, or no earlier
+//     call within 30 s), it is the initial interval of [WithRetryBackoff].
+//     The estimate is at least that initial interval and at most a minute.
+func RetryAfter(err error) (time.Duration, bool) {
+	var open *circuitOpenError
+	if errors.As(err, &open) {
+		return max(time.Until(open.until), time.Millisecond), true
+	}
+	var full queueFullError
+	if errors.As(err, &full) && full.p != nil {
+		return full.p.drain.estimate(full.p), true
+	}
+	return 0, false
+}
+
+// drainRate measures how fast a Producer confirms messages, for [RetryAfter]:
+// it keeps two samples of the confirm count at least drainWindow apart and
+// takes the rate from the older one to now.
+type drainRate struct {
+	mu     sync.Mutex
+	prevAt time.Time
+	prevN  uint64
+	lastAt time.Time
+	lastN  uint64
+}
+
+const (
+	drainWindow   = time.Second
+	drainStale    = 30 * time.Second // a sample older than this is not recent
+	maxRetryAfter = time.Minute
+)
+
+// estimate returns the time p needs, at the recent confirm rate, to confirm
+// the messages it holds; see [RetryAfter].
+func (d *drainRate) estimate(p *Producer) time.Duration {
+	now := time.Now()
+	n := p.metrics.total(outConfirmed)
+	floor := p.cfg.retryInitial
+	d.mu.Lock()
+	if d.lastAt.IsZero() || now.Sub(d.lastAt) > drainStale {
+		d.prevAt, d.prevN, d.lastAt, d.lastN = now, n, now, n
+	} else if now.Sub(d.lastAt) >= drainWindow {
+		d.prevAt, d.prevN, d.lastAt, d.lastN = d.lastAt, d.lastN, now, n
+	}
+	span, confirmed := now.Sub(d.prevAt), n-d.prevN
+	d.mu.Unlock()
+	if span < drainWindow || confirmed == 0 {
+		return floor
+	}
+	rate := float64(confirmed) / span.Seconds() // messages per second
+	wait := time.Duration(float64(p.held.Load()) / rate * float64(time.Second))
+	return min(max(wait, floor), maxRetryAfter)
+}

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"container/heap"
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -143,6 +142,7 @@ type Producer struct {
 	owned     atomic.Int64 // publishes admitted and messages not yet final
 	held      atomic.Int64 // messages accepted and not yet final
 	heldBytes atomic.Int64 // their bodies' size
+	drain     drainRate    // the recent confirm rate, for RetryAfter
 	closing   atomic.Bool
 	closeBy   atomic.Int64    // unix nanos by which Close must be done; 0 none
 	stopCtx   context.Context // done when Close stops the goroutines
@@ -270,20 +270,35 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 // Publish publishes a task whose JSON body the caller built. The typed methods
 // ([Producer.PublishSummarization] and the others) are built on it.
 //
+// Publish waits for the confirm at most until ctx ends or the confirm timeout
+// passes, whichever is first; it never waits for a connection: while there is
+// none, the broker blocks publishers, or the circuit breaker is open, the
+// message goes to the retry queue and Publish returns at once with [Queued],
+// for as long as the queue has room.
+//
+// Every outcome is one of these (the list is the same in the package doc and
+// the README). An error means the message was not taken; nothing was sent or
+// kept:
+//   - an [*InvalidTaskError], wrapping [ErrInvalidTask], and [ErrTooLarge] as
+//     well for content or a body over its limit;
+//   - [ErrClosed]: [Producer.Close] has begun;
+//   - [ErrCircuitOpen]: the breaker is open, only without a buffer
+//     ([WithRetryQueueCapacity](0, 0)); [RetryAfter] gives the remaining
+//     cooldown;
+//   - [ErrRetryQueueFull]: the message would have to wait and the buffer is
+//     full (or there is none); [RetryAfter] gives an estimate of the wait;
+//   - [ErrSpoolUnavailable]: with [WithSpool], the disk refused the write;
+//   - ctx's error: ctx ended before the hand-off.
+//
 // A nil error means the Producer took the message and owns it until the
 // broker confirms it or it is handed to the dead-letter hook; the [Receipt]
-// says how far it got. Publish waits for the confirm at most until ctx ends
-// or the confirm timeout passes, whichever is first; it never waits for a
-// connection: while there is none, the broker blocks publishers, or the
-// circuit breaker is open, the message goes to the retry queue and Publish
-// returns at once with [Queued], for as long as the queue has room.
-//
-// An error means the message was not taken: an [*InvalidTaskError],
-// [ErrClosed], [ErrRetryQueueFull] (the message would have to wait and the
-// buffer is full, or there is none: [WithRetryQueueCapacity](0, 0)),
-// [ErrCircuitOpen] (only without a buffer, while the breaker is open),
-// [ErrSpoolUnavailable] (with [WithSpool], the disk refused the write), or
-// ctx's error when ctx ended before the hand-off.
+// says how far it got:
+//   - [Confirmed]: the broker confirmed it;
+//   - [Pending]: sent, not yet confirmed when ctx ended or the confirm
+//     timeout passed; the Producer keeps tracking it;
+//   - [Queued]: waiting in the retry queue;
+//   - [DeadLettered]: its attempts ran out before the call returned (only
+//     with [WithMaxRetries](0)); it went to the dead-letter hook.
 func (p *Producer) Publish(ctx context.Context, msg Message, opts ...PublishOption) (Receipt, error) {
 	if err := p.cfg.limits.validateMessage(&msg); err != nil {
 		p.metrics.count(msg.Type, outInvalid)
@@ -398,7 +413,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 		notSent(done)
 		p.disown()
 		p.metrics.count(typ, outQueueFull)
-		return Receipt{}, ErrRetryQueueFull
+		return Receipt{}, queueFullError{p}
 	}
 	if p.spool != nil {
 		if err := p.spool.put(m); err != nil {
@@ -423,7 +438,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 			p.release(len(body))
 			p.disown()
 			p.metrics.count(typ, outQueueFull)
-			return Receipt{}, ErrRetryQueueFull
+			return Receipt{}, queueFullError{p}
 		}
 		p.admit.RUnlock()
 		p.metrics.count(typ, outAccepted)
@@ -550,13 +565,14 @@ func (p *Producer) setState(st ConnectionState) {
 // Close shuts the Producer down, like [net/http.Server.Shutdown]: new
 // publishes fail with [ErrClosed] at once; the messages it owns are given
 // until ctx ends to be confirmed; then the connection is closed and every
-// message still unconfirmed goes to the dead-letter hook. The error says how
-// many. With [WithSpool], the unconfirmed messages stay in the spool for the
-// next [New] on its dir instead, the error says how many were left, and the
-// dir is released. The dead-letter hook is waited for until ctx ends and at
-// most one second more ([WithDeadLetter] says what happens to the messages
-// it has not had by then). No goroutine of the Producer survives Close but a
-// hook call still running then, which finishes on its own. Calling Close again
+// message still unconfirmed goes to the dead-letter hook. The error, a
+// [*CloseError], says how many and wraps ctx's error if ctx ended first. With
+// [WithSpool], the unconfirmed messages stay in the spool for the next [New]
+// on its dir instead, the error says how many were left, and the dir is
+// released. The dead-letter hook is waited for until ctx ends and at most one
+// second more ([WithDeadLetter] says what happens to the messages it has not
+// had by then). No goroutine of the Producer survives Close but a hook call
+// still running then, which finishes on its own. Calling Close again
 // waits for the first call and returns its result.
 func (p *Producer) Close(ctx context.Context) error {
 	p.closeMu.Lock()
@@ -609,11 +625,12 @@ drain:
 	// The hook gets until ctx ends (and a grace for what Close just handed
 	// it); then Close goes on without it. Before the spool closes: a
 	// message whose hook has not returned stays in it.
-	p.waitHooks(ctx)
+	missed := p.waitHooks(ctx)
 	if p.spool != nil {
-		// What is unconfirmed stays in the spool for the next start.
+		// What is unconfirmed stays in the spool for the next start, and
+		// so does a dead-lettered message the hook did not get.
 		p.rmu.Lock()
-		kept = p.retry.len()
+		kept = p.retry.len() + missed
 		p.rmu.Unlock()
 		if err := p.spool.close(); err != nil {
 			p.log.Error("mlproducer: closing the spool", slog.Any("error", err))
@@ -623,14 +640,11 @@ drain:
 	if p.cfg.registerer != nil {
 		p.cfg.registerer.Unregister(p.collector)
 	}
-	if cause == nil && left+kept > 0 {
-		cause = errors.New("no connection")
-	}
-	switch {
-	case left > 0:
-		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, handed to the dead-letter hook (%w)", left, cause)
-	case kept > 0:
-		p.closeErr = fmt.Errorf("mlproducer: closed with %d messages unconfirmed, left in the spool %s for the next start (%w)", kept, p.cfg.spoolDir, cause)
+	if left+kept > 0 {
+		if cause == nil {
+			cause = errNoConnection
+		}
+		p.closeErr = &CloseError{Unconfirmed: left + kept, DeadLettered: left, LeftInSpool: kept, SpoolDir: p.cfg.spoolDir, cause: cause}
 	}
 	p.log.Info("mlproducer: closed", slog.Int("deadLettered", left), slog.Int("leftInSpool", kept))
 	return p.closeErr

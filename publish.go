@@ -6,14 +6,15 @@ import (
 )
 
 // PublishSummarization publishes a summarization task for the share shareID
-// with the text content. It validates its input before anything is sent,
-// including the size of the body it makes: content within
-// [WithMaxContentBytes] can still be refused when escaping it as JSON makes
-// the body longer than the body limit (an [*InvalidTaskError] for "content"
-// that wraps [ErrTooLarge]). Otherwise it behaves as [Producer.Publish]: a
-// nil error means the Producer owns
-// the message; the [Receipt] gives its ID and how far it got before ctx ended
-// or the confirm timeout passed.
+// with the text content. shareID must be at most 256 bytes of valid UTF-8,
+// not blank, with no control characters (see the package doc). It validates
+// its input before anything is sent, including the size of the body it makes:
+// content within [WithMaxContentBytes] can still be refused when escaping it
+// as JSON makes the body longer than the body limit (an [*InvalidTaskError]
+// for "content" that wraps [ErrTooLarge]). Otherwise it behaves as
+// [Producer.Publish], with the same outcomes: a nil error means the Producer
+// owns the message; the [Receipt] gives its ID and how far it got before ctx
+// ended or the confirm timeout passed.
 func (p *Producer) PublishSummarization(ctx context.Context, shareID, content string, opts SummarizationOptions, popts ...PublishOption) (Receipt, error) {
 	size, err := p.cfg.limits.validateSummarization(shareID, content, &opts)
 	if err != nil {

@@ -94,7 +94,26 @@ func (e *Error) ReplyCode() uint16 { return e.Code }
 
 var _ transport.ReplyCoder = (*Error)(nil)
 
-// Delivery is a message stored in a queue.
+// Delivery is a message stored in a queue, as the publisher sent it: the
+// exchange and routing key it was published with, and the embedded
+// [transport.Publishing], whose fields are promoted (d.MessageID,
+// d.ContentType, d.Type, d.AppID, d.Timestamp, d.Persistent, d.Body,
+// d.Headers).
+//
+// Headers is a [transport.Table], a map[string]any. The fake broker does not
+// encode messages, so each value keeps the Go type the publisher gave it, no
+// conversion: a header sent as an int32 reads back as an int32, never as the
+// int64 or float64 a round trip through another encoding might give. The
+// Producer of package mlproducer sets its attempt header,
+// mlproducer.AttemptHeader ("x-mlproducer-attempt"), to an int32: 1 for the
+// first send, 2 for the next. Read it with
+//
+//	n, ok := d.Headers[mlproducer.AttemptHeader].(int32)
+//
+// The Producer's other properties are strings (MessageID, the message id;
+// Type, the task type; ContentType "application/json"; AppID), Timestamp is
+// the message's creation time and Persistent is true. [Broker.Messages]
+// returns copies: changing one changes nothing stored.
 type Delivery struct {
 	// Exchange is the exchange it was published to ("" for the default one).
 	Exchange string
