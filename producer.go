@@ -510,9 +510,6 @@ func (p *Producer) deadLetter(m *message, err error) {
 // callDeadLetter calls the hook; a panic in it is logged and counted, not
 // fatal, and the message still counts as handed over.
 func (p *Producer) callDeadLetter(d DeadLetter) {
-	if p.cfg.deadLetter == nil {
-		return
-	}
 	defer func() {
 		if r := recover(); r != nil {
 			p.metrics.hookPanics.Add(1)

@@ -182,10 +182,11 @@ func checkHeaders(h map[string]any) (transport.Table, error) {
 				return nil, invalid(field, "is NaN or infinite")
 			}
 			size += 8
-		case bool, int, int8, int16, int32, int64, uint8, uint16, uint32, time.Time:
-			size += 8
 		default:
-			return nil, invalid(field, fmt.Sprintf("value of type %T cannot be sent as an AMQP header; use bool, string, []byte, an integer of up to 32 bits unsigned or 64 bits signed, a float or time.Time", v))
+			if _, ok := headerType(v); !ok {
+				return nil, invalid(field, fmt.Sprintf("value of type %T cannot be sent as an AMQP header; use bool, string, []byte, an integer of up to 32 bits unsigned or 64 bits signed, a float or time.Time", v))
+			}
+			size += 8
 		}
 		if size > maxHeadersBytes {
 			return nil, tooLarge("WithHeaders", "keys and values are longer than 16 KiB")

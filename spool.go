@@ -17,9 +17,9 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/mlproducer/mlproducer/transport"
-	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 // spoolFile is the store's file inside the spool dir.
@@ -71,46 +71,52 @@ type recordHeader struct {
 	V json.RawMessage `json:"v"`
 }
 
+// headerType names the Go type of a header value WithHeaders accepts, as the
+// spool records it; ok is false for any other type.
+func headerType(v any) (name string, ok bool) {
+	switch v.(type) {
+	case bool:
+		return "bool", true
+	case string:
+		return "string", true
+	case []byte:
+		return "bytes", true
+	case int:
+		return "int", true
+	case int8:
+		return "int8", true
+	case int16:
+		return "int16", true
+	case int32:
+		return "int32", true
+	case int64:
+		return "int64", true
+	case uint8:
+		return "uint8", true
+	case uint16:
+		return "uint16", true
+	case uint32:
+		return "uint32", true
+	case float32:
+		return "float32", true
+	case float64:
+		return "float64", true
+	case time.Time:
+		return "time", true
+	}
+	return "", false
+}
+
 // encodeHeaders writes the headers of WithHeaders with their types.
+// checkHeaders let in only the types headerType names, and no NaN or
+// infinite float, which JSON cannot hold.
 func encodeHeaders(t transport.Table) []recordHeader {
 	out := make([]recordHeader, 0, len(t))
 	for k, v := range t {
-		var typ string
-		switch v.(type) {
-		case bool:
-			typ = "bool"
-		case string:
-			typ = "string"
-		case []byte:
-			typ = "bytes"
-		case int:
-			typ = "int"
-		case int8:
-			typ = "int8"
-		case int16:
-			typ = "int16"
-		case int32:
-			typ = "int32"
-		case int64:
-			typ = "int64"
-		case uint8:
-			typ = "uint8"
-		case uint16:
-			typ = "uint16"
-		case uint32:
-			typ = "uint32"
-		case float32:
-			typ = "float32"
-		case float64:
-			typ = "float64"
-		case time.Time:
-			typ = "time"
-		default:
-			continue // checkHeaders lets no other type in
-		}
+		typ, ok := headerType(v)
 		raw, err := json.Marshal(v)
-		if err != nil {
-			continue // a NaN float: json cannot hold it; see checkHeaders
+		if !ok || err != nil {
+			continue
 		}
 		out = append(out, recordHeader{K: k, T: typ, V: raw})
 	}
@@ -256,7 +262,6 @@ type spool struct {
 
 	quit   chan struct{}
 	exited chan struct{} // closed when the committer returns
-	wg     sync.WaitGroup
 
 	// failing holds the error of the last commit while commits fail.
 	failing atomic.Pointer[string]
@@ -313,7 +318,6 @@ func openSpool(dir string, log *slog.Logger) (sp *spool, left []spillEntry, err 
 		_ = db.Close()
 		return nil, nil, err
 	}
-	sp.wg.Add(1)
 	go sp.run()
 	return sp, left, nil
 }
@@ -457,13 +461,11 @@ func (sp *spool) newKey() uint64 {
 func (sp *spool) put(m *message) error {
 	m.key = sp.newKey()
 	r := &putReq{key: m.key, val: encodeRecord(m, 0), done: make(chan error, 1)}
-	sp.mu.Lock()
-	closed := sp.closed
-	sp.mu.Unlock()
-	if closed {
-		return ErrClosed
+	err := sp.await(r)
+	if errors.Is(err, ErrClosed) {
+		return err
 	}
-	if err := sp.await(r); err != nil {
+	if err != nil {
 		return fmt.Errorf("%w: %v (free disk space under %s; publishes are accepted again once a write succeeds)", ErrSpoolUnavailable, err, sp.dir)
 	}
 	return nil
@@ -577,7 +579,6 @@ func (sp *spool) safely(f func() error) (err error) {
 
 // run is the committer: the only goroutine that writes to the store.
 func (sp *spool) run() {
-	defer sp.wg.Done()
 	defer close(sp.exited)
 	tick := time.NewTicker(spoolFlushEvery)
 	defer tick.Stop()
@@ -700,7 +701,7 @@ func (sp *spool) close() error {
 	sp.closed = true
 	sp.mu.Unlock()
 	close(sp.quit)
-	sp.wg.Wait()
+	<-sp.exited
 	err := sp.commit(nil)
 	if cerr := sp.db.Close(); err == nil {
 		err = cerr

@@ -42,6 +42,6 @@ func (sp *spool) crash() {
 	sp.mu.Unlock()
 	sp.crashed.Store(true)
 	close(sp.quit)
-	sp.wg.Wait()
+	<-sp.exited
 	_ = sp.db.Close()
 }
