@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mlproducer/mlproducer/transport"
 )
@@ -107,6 +109,8 @@ type config struct {
 	spoolDir          string
 	spoolCapCount     int
 	spoolCapBytes     int64
+	tracerProvider    trace.TracerProvider          // nil: otel's global one
+	propagator        propagation.TextMapPropagator // nil: otel's global one
 }
 
 func defaultConfig() config {
@@ -420,6 +424,24 @@ func WithTopology(t Topology) Option {
 
 // WithLogger sets the logger. Default: logs are discarded.
 func WithLogger(l *slog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithTracerProvider sets where the Producer's spans go: one PRODUCER span
+// per publish (see the README's "Tracing"). Default: OpenTelemetry's global
+// provider ([otel.GetTracerProvider]), looked up at each publish, so one set
+// after [New] is used too; until a service sets one it is a no-op and
+// publishing costs nothing more. nil means that default.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(c *config) { c.tracerProvider = tp }
+}
+
+// WithPropagator sets how a publish's trace context is written into the
+// message's AMQP headers (W3C traceparent and tracestate with
+// [propagation.TraceContext]). Default: OpenTelemetry's global propagator
+// ([otel.GetTextMapPropagator]), looked up at each publish. nil means that
+// default.
+func WithPropagator(prop propagation.TextMapPropagator) Option {
+	return func(c *config) { c.propagator = prop }
+}
 
 // WithTLSConfig sets the TLS configuration for amqps URLs. Default: the
 // system roots, with the server certificate verified (nil means that
