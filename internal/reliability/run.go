@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"runtime"
 	"runtime/metrics"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -63,12 +64,23 @@ type lateCall struct {
 	at, over, deadline time.Duration
 	what               string
 	state              mlproducer.ConnectionState
+	// stack is where the publisher goroutine was while it overran its
+	// deadline (taken by watchLate), or "" if it returned before.
+	stack string
 }
 
 // shard is what one publisher goroutine records; only it writes to it until
 // the publishers have stopped.
 type shard struct {
 	acc []accepted
+
+	// gid is the publisher goroutine's id; until is the end of the current
+	// call's deadline plus stuckAfter (Unix ns, 0 between calls), and stack
+	// what watchLate saw of the goroutine once a call passed it.
+	gid   string
+	until atomic.Int64
+	mu    sync.Mutex
+	stack string
 }
 
 // publishing configures the publisher goroutines of a scenario.
@@ -100,8 +112,12 @@ type run struct {
 	peakHeap         atomic.Uint64
 	schedMu          sync.Mutex
 	schedMax         time.Duration // worst probe wake-up delay
-	schedSpikes      []spike       // probe wake-ups later than spikeMin
-	lateCalls        []lateCall
+	schedSpikes      []spike       // probe wake-ups later than spikeMin, and runnable waits
+	runnableMax      time.Duration // the longest runnable wait sampleRunnable saw
+	// Owned by the heap probe: sampleRunnable's buffers.
+	runnableSample [1]metrics.Sample
+	runnablePrev   []uint64
+	lateCalls      []lateCall
 
 	cons  *consumer
 	proxy *faults.Proxy
@@ -109,17 +125,18 @@ type run struct {
 	reg   *prometheus.Registry
 	dead  deadLog
 
-	pubStop context.CancelFunc
-	pubWG   sync.WaitGroup
-	shards  []*shard
-	lat     hist // every call
-	fastLat hist // calls refused with ErrCircuitOpen
-	calls   atomic.Int64
-	late    atomic.Int64
-	lateMax atomic.Int64 // worst overshoot past the deadline
-	refused [refusalKinds]atomic.Int64
-	oddMu   sync.Mutex
-	odd     []string // unexpected errors, first few
+	pubStop  context.CancelFunc
+	pubWG    sync.WaitGroup
+	shardsMu sync.Mutex // guards shards while publishers start (watchLate reads it)
+	shards   []*shard
+	lat      hist // every call
+	fastLat  hist // calls refused with ErrCircuitOpen
+	calls    atomic.Int64
+	late     atomic.Int64
+	lateMax  atomic.Int64 // worst overshoot past the deadline
+	refused  [refusalKinds]atomic.Int64
+	oddMu    sync.Mutex
+	odd      []string // unexpected errors, first few
 
 	undo     []func() // restores run by finish, last first
 	finished bool
@@ -167,6 +184,11 @@ func newRun(ctx context.Context, r *Runner, res *Result) *run {
 			h.probe(hctx, i == 0, time.Duration(i)*probeEvery/time.Duration(probes))
 		}()
 	}
+	h.heapDone.Add(1)
+	go func() {
+		defer h.heapDone.Done()
+		h.watchLate(hctx)
+	}()
 
 	h.cons = startConsumer(r.url)
 	if !h.cons.waitStarted(ctx, 15*time.Second) {
@@ -206,6 +228,9 @@ func (h *run) probe(ctx context.Context, heap bool, offset time.Duration) {
 			h.schedSpikes = append(h.schedSpikes, spike{at: next.Sub(h.start), delay: d})
 		}
 		h.schedMu.Unlock()
+		if heap {
+			h.sampleRunnable(now)
+		}
 		if heap && now.Sub(lastHeap) >= heapEvery {
 			lastHeap = now
 			metrics.Read(sample)
@@ -216,6 +241,132 @@ func (h *run) probe(ctx context.Context, heap bool, offset time.Duration) {
 			}
 		}
 	}
+}
+
+// stuckAfter is how long past its deadline a call must still be running for
+// watchLate to record where its goroutine is: less than lateSlack, so that
+// every call reported late comes with its stack.
+const stuckAfter = lateSlack * 3 / 4
+
+// watchLate looks every probeEvery for publisher calls running stuckAfter
+// past their deadline and records, once per call, the stack of the
+// goroutine: a late call then says whether it waited on the Producer (and
+// where) or only for the scheduler.
+func (h *run) watchLate(ctx context.Context) {
+	t := time.NewTicker(probeEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		type call struct {
+			s     *shard
+			until int64
+		}
+		var stuck []call
+		h.shardsMu.Lock()
+		for _, s := range h.shards {
+			if u := s.until.Load(); u != 0 && now > u {
+				stuck = append(stuck, call{s, u})
+			}
+		}
+		h.shardsMu.Unlock()
+		if len(stuck) == 0 {
+			continue
+		}
+		all := allStacks()
+		for _, c := range stuck {
+			// Still the same call: it has not returned since.
+			if c.s.until.CompareAndSwap(c.until, 0) {
+				c.s.mu.Lock()
+				c.s.stack = stackOf(all, c.s.gid)
+				c.s.mu.Unlock()
+			}
+		}
+	}
+}
+
+// goroutineID returns the id of the calling goroutine, as stacks show it.
+func goroutineID() string {
+	var buf [64]byte
+	f := strings.Fields(string(buf[:runtime.Stack(buf[:], false)]))
+	if len(f) < 2 {
+		return ""
+	}
+	return f[1]
+}
+
+// stackOf returns the stanza of goroutine gid in all (from allStacks), its
+// first frames only.
+func stackOf(all, gid string) string {
+	if gid == "" {
+		return ""
+	}
+	for _, g := range strings.Split(all, "\n\n") {
+		if !strings.HasPrefix(g, "goroutine "+gid+" [") {
+			continue
+		}
+		lines := strings.Split(strings.TrimSpace(g), "\n")
+		if len(lines) > 25 {
+			lines = append(lines[:25], "\t...")
+		}
+		return strings.Join(lines, "\n")
+	}
+	return ""
+}
+
+// allStacks returns the stacks of every goroutine.
+func allStacks() string {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return string(buf[:n])
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+}
+
+// sampleRunnable reads the runtime's histogram of how long goroutines waited
+// runnable before they ran (/sched/latencies:seconds, sampled by the runtime)
+// and records the longest wait that ended since the last call as a spike
+// ending at now. The timer probes see a stall of the whole process; this sees
+// the queue a burst of wake-ups leaves behind (64 publishers woken at once by
+// one batch of confirms), which a probe woken alone skips: a woken goroutine
+// runs next, before the queue.
+func (h *run) sampleRunnable(now time.Time) {
+	h.runnableSample[0].Name = "/sched/latencies:seconds"
+	metrics.Read(h.runnableSample[:])
+	if h.runnableSample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return
+	}
+	hist := h.runnableSample[0].Value.Float64Histogram()
+	prev := h.runnablePrev
+	if len(prev) != len(hist.Counts) {
+		h.runnablePrev = slices.Clone(hist.Counts)
+		return
+	}
+	var longest time.Duration
+	for i := len(hist.Counts) - 1; i >= 0; i-- {
+		if hist.Counts[i] > prev[i] {
+			// The bucket's lower bound: the wait was at least that.
+			longest = time.Duration(hist.Buckets[i] * float64(time.Second))
+			break
+		}
+	}
+	copy(h.runnablePrev, hist.Counts)
+	if longest <= spikeMin {
+		return
+	}
+	h.schedMu.Lock()
+	h.runnableMax = max(h.runnableMax, longest)
+	if len(h.schedSpikes) < maxRecorded {
+		h.schedSpikes = append(h.schedSpikes, spike{at: now.Sub(h.start) - longest, delay: longest})
+	}
+	h.schedMu.Unlock()
 }
 
 // spike is a timer wake-up of the probe that came late by delay.
@@ -351,7 +502,9 @@ func (h *run) startPublishers(p publishing) {
 	h.pubStop = stop
 	for g := range p.goroutines {
 		s := &shard{}
+		h.shardsMu.Lock()
 		h.shards = append(h.shards, s)
+		h.shardsMu.Unlock()
 		h.pubWG.Add(1)
 		go func() {
 			defer h.pubWG.Done()
@@ -373,6 +526,7 @@ func (h *run) stopPublishers() {
 // call has its own deadline, and the types take turns.
 func (h *run) publisher(ctx context.Context, g int, s *shard, p publishing) {
 	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), uint64(g)))
+	s.gid = goroutineID()
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	content := fmt.Sprintf("Reliability scenario %s, publisher %d: a text to summarise or embed.", h.name, g)
@@ -384,7 +538,11 @@ func (h *run) publisher(ctx context.Context, g int, s *shard, p publishing) {
 		share := fmt.Sprintf("rel-%d-%d", g, i)
 		typ := uint8((g + i) % 3)
 		cctx, cancel := context.WithTimeout(context.Background(), d)
+		s.mu.Lock()
+		s.stack = "" // a stack the watcher took as the last call returned
+		s.mu.Unlock()
 		start := time.Now()
+		s.until.Store(start.Add(d + stuckAfter).UnixNano())
 		var (
 			r   mlproducer.Receipt
 			err error
@@ -398,6 +556,11 @@ func (h *run) publisher(ctx context.Context, g int, s *shard, p publishing) {
 			r, err = h.prod.PublishEmbedding(cctx, share, content, mlproducer.EmbeddingOptions{Dimensions: 8})
 		}
 		end := time.Now()
+		s.until.Store(0)
+		s.mu.Lock()
+		stack := s.stack // set only if this call ran stuckAfter past its deadline
+		s.stack = ""
+		s.mu.Unlock()
 		cancel()
 		lat := end.Sub(start)
 		h.calls.Add(1)
@@ -411,7 +574,7 @@ func (h *run) publisher(ctx context.Context, g int, s *shard, p publishing) {
 			h.oddMu.Lock()
 			if len(h.lateCalls) < maxRecorded {
 				h.lateCalls = append(h.lateCalls, lateCall{at: end.Sub(h.start), over: over, deadline: d,
-					what: what, state: h.prod.Status().ConnectionState})
+					what: what, state: h.prod.Status().ConnectionState, stack: stack})
 			}
 			h.oddMu.Unlock()
 			for {
@@ -627,13 +790,13 @@ func (h *run) finish() {
 	var shown, shownStalled int
 	for _, l := range h.lateCalls {
 		stall := h.stalledDuring(l.at-l.over, l.at)
-		desc := fmt.Sprintf("returned at %s, %s after its %s deadline (→ %s; state %s); the scheduling probes were held up for %s of that",
+		desc := fmt.Sprintf("returned at %s, %s after its %s deadline (→ %s; state %s); the scheduler held goroutines up for %s of that",
 			fmtDur(l.at), fmtDur(l.over), fmtDur(l.deadline), l.what, l.state, fmtDur(stall))
 		if l.over-stall <= lateSlack {
 			res.LateStalled++
 			if shownStalled < 3 {
 				shownStalled++
-				res.notef("late call excused by scheduling (the probes were as late): %s", desc)
+				res.notef("late call excused by scheduling (goroutines waited as long to run): %s", desc)
 			}
 			continue
 		}
@@ -641,6 +804,9 @@ func (h *run) finish() {
 		if shown < 5 {
 			shown++
 			res.notef("late call: %s", desc)
+			if l.stack != "" && shown <= 2 {
+				res.notef("late call's goroutine %s after its deadline:\n%s", fmtDur(stuckAfter), l.stack)
+			}
 		}
 	}
 	res.Late += h.late.Load() - int64(len(h.lateCalls)) // beyond maxRecorded: not classified
@@ -649,10 +815,10 @@ func (h *run) finish() {
 			res.Late, lateSlack, fmtDur(time.Duration(h.lateMax.Load())))
 	}
 	h.schedMu.Lock()
-	spikes, schedMax := len(h.schedSpikes), h.schedMax
+	spikes, schedMax, runnableMax := len(h.schedSpikes), h.schedMax, h.runnableMax
 	h.schedMu.Unlock()
-	res.notef("scheduling probes: ctx-deadline wake-ups up to %s late, %d more than %s late",
-		fmtDur(schedMax), spikes, spikeMin)
+	res.notef("scheduling probes: ctx-deadline wake-ups up to %s late, goroutines runnable up to %s before they ran; %d of these more than %s",
+		fmtDur(schedMax), fmtDur(runnableMax), spikes, spikeMin)
 	h.oddMu.Lock()
 	for _, o := range h.odd {
 		res.failf("%s", o)
@@ -786,17 +952,8 @@ func (d *deadLog) ids() map[[16]byte]deadInfo {
 // goroutineTops counts the goroutines by the function they were created by
 // and the function on top of their stack.
 func goroutineTops() map[string]int {
-	buf := make([]byte, 1<<20)
-	for {
-		n := runtime.Stack(buf, true)
-		if n < len(buf) {
-			buf = buf[:n]
-			break
-		}
-		buf = make([]byte, 2*len(buf))
-	}
 	out := make(map[string]int)
-	for _, g := range strings.Split(string(buf), "\n\n") {
+	for _, g := range strings.Split(allStacks(), "\n\n") {
 		lines := strings.Split(strings.TrimSpace(g), "\n")
 		if len(lines) < 2 {
 			continue
