@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+
 	"github.com/mlproducer/mlproducer"
 	"github.com/mlproducer/mlproducer/mlproducertest"
 	"github.com/mlproducer/mlproducer/transport"
@@ -49,10 +52,10 @@ func benchBody(n int) []byte {
 
 // benchProducer returns a connected Producer on a fresh fake broker, closed
 // when the benchmark ends.
-func benchProducer(b *testing.B) (*mlproducertest.Broker, *mlproducer.Producer) {
+func benchProducer(b *testing.B, opts ...mlproducer.Option) (*mlproducertest.Broker, *mlproducer.Producer) {
 	b.Helper()
 	broker := mlproducertest.NewBroker()
-	p, err := mlproducer.New(mlproducer.WithDialer(broker))
+	p, err := mlproducer.New(append([]mlproducer.Option{mlproducer.WithDialer(broker)}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -160,6 +163,31 @@ func BenchmarkPublishSummarization(b *testing.B) {
 			return confirmed(p.PublishSummarization(ctx, "share-123", content, opts))
 		})
 	})
+}
+
+// BenchmarkPublishTraced is BenchmarkPublish/serial with an OpenTelemetry SDK
+// provider (every span sampled, no exporter) and the W3C propagator: what
+// tracing adds per message when a service turns it on. Without a provider
+// BenchmarkPublish is the number: tracing then allocates nothing
+// (TestTracingOffAllocatesNothing).
+func BenchmarkPublishTraced(b *testing.B) {
+	body := benchBody(1024)
+	msg := mlproducer.Message{Type: mlproducer.TaskSummarization, Body: body}
+	tp := sdktrace.NewTracerProvider()
+	broker, p := benchProducer(b, mlproducer.WithTracerProvider(tp), mlproducer.WithPropagator(propagation.TraceContext{}))
+	ctx, span := tp.Tracer("bench").Start(context.Background(), "handler")
+	defer span.End()
+	b.ReportAllocs()
+	b.SetBytes(int64(len(body)))
+	i := 0
+	for b.Loop() {
+		if err := confirmed(p.Publish(ctx, msg)); err != nil {
+			b.Fatal(err)
+		}
+		if i++; i%purgeEvery == 0 {
+			broker.Purge()
+		}
+	}
 }
 
 // BenchmarkConfirmPath times the confirm half of a publish alone. In each

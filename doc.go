@@ -141,6 +141,14 @@
 // (discarded by default); passwords never appear in logs, errors, status or
 // metrics.
 //
+// Tracing uses OpenTelemetry: OpenTelemetry's global tracer provider and
+// propagator unless [WithTracerProvider] and [WithPropagator] say otherwise.
+// Each publish is a PRODUCER span, a child of the span in its ctx, that ends
+// when the message is final (retries are its events), and the propagator
+// writes its context into the message's headers, the same on every attempt.
+// Until a service sets a provider, no span is started and nothing more is
+// allocated. The README's "Tracing" lists the attributes.
+//
 // # Testing
 //
 // Package github.com/mlproducer/mlproducer/mlproducertest is an in-memory fake

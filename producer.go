@@ -77,9 +77,10 @@ type message struct {
 	id      string
 	typ     TaskType
 	body    []byte
-	created int64    // unix nanos
-	key     uint64   // the spool's key; 0 without a spool
-	meta    *msgMeta // the publish options' metadata; nil for none
+	created int64                  // unix nanos
+	key     uint64                 // the spool's key; 0 without a spool
+	meta    *msgMeta               // the publish options' metadata; nil for none
+	trace   atomic.Pointer[traced] // the publish's span until it ends; nil untraced
 
 	final    atomic.Uint32 // 0 live, finalConfirmed or finalDead
 	notified atomic.Bool
@@ -121,6 +122,7 @@ type Producer struct {
 	log     *slog.Logger
 	dialer  transport.Dialer
 	metrics counters
+	tracing *tracing
 
 	sess  atomic.Pointer[session]
 	epoch uint64
@@ -201,6 +203,7 @@ func New(opts ...Option) (*Producer, error) {
 		stop:      make(chan struct{}),
 		state:     Connecting,
 		stateCh:   make(chan struct{}),
+		tracing:   newTracing(&cfg),
 	}
 	if p.dialer == nil {
 		p.dialer = transport.AMQP{ConfirmBuffer: cfg.maxInFlight + 1024}
@@ -347,10 +350,12 @@ func newMessageID() (string, error) {
 func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error) {
 	if err := ctx.Err(); err != nil {
 		p.metrics.count(typ, outContextDone)
+		p.tracing.refused(ctx, err)
 		return nil, err
 	}
 	if p.closing.Load() {
 		p.metrics.count(typ, outClosed)
+		p.tracing.refused(ctx, ErrClosed)
 		return nil, ErrClosed
 	}
 	// The breaker first: a refusal then costs no lock. A half-open breaker's
@@ -359,6 +364,7 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 	if err != nil {
 		if !p.cfg.buffered() {
 			p.metrics.count(typ, outCircuitOpen)
+			p.tracing.refused(ctx, err)
 			return nil, err
 		}
 		done = nil
@@ -368,6 +374,7 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 		p.admit.RUnlock()
 		notSent(done)
 		p.metrics.count(typ, outClosed)
+		p.tracing.refused(ctx, ErrClosed)
 		return nil, ErrClosed
 	}
 	p.owned.Add(1)
@@ -408,11 +415,14 @@ func (p *Producer) release(size int) {
 // waits for its first outcome or ctx.
 func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time, meta *msgMeta) (Receipt, error) {
 	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1, meta: meta}
+	// Before the spool's record: it keeps the trace context too.
+	p.tracing.start(ctx, m)
 	if !p.hold(len(body)) {
 		p.admit.RUnlock()
 		notSent(done)
 		p.disown()
 		p.metrics.count(typ, outQueueFull)
+		m.endSpan("refused", ErrRetryQueueFull)
 		return Receipt{}, queueFullError{p}
 	}
 	if p.spool != nil {
@@ -422,6 +432,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 			p.release(len(body))
 			p.disown()
 			p.metrics.count(typ, outSpoolFailed)
+			m.endSpan("refused", err)
 			return Receipt{}, err
 		}
 	}
@@ -438,6 +449,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 			p.release(len(body))
 			p.disown()
 			p.metrics.count(typ, outQueueFull)
+			m.endSpan("refused", ErrRetryQueueFull)
 			return Receipt{}, queueFullError{p}
 		}
 		p.admit.RUnlock()
@@ -476,6 +488,7 @@ func (p *Producer) confirmed(m *message) {
 		p.metrics.observeLatency(time.Duration(time.Now().UnixNano() - at))
 	}
 	m.signal(Confirmed)
+	m.endSpan("confirmed", nil)
 	if p.spool != nil {
 		p.spool.remove(m.key)
 	}
@@ -496,6 +509,7 @@ func (p *Producer) deadLetter(m *message, err error) {
 	p.log.Warn("mlproducer: message dead-lettered",
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
 		slog.Int("attempts", sends), slog.Any("error", err))
+	m.endSpan("dead_lettered", err)
 	if p.cfg.deadLetter == nil {
 		p.finishDead(m, true)
 		return
@@ -628,6 +642,11 @@ drain:
 		// so does a dead-lettered message the hook did not get.
 		p.rmu.Lock()
 		kept = p.retry.len() + missed
+		if rs, ok := p.retry.(*spoolRetryStore); ok {
+			for _, m := range rs.mem.h {
+				m.endSpan("left_in_spool", nil)
+			}
+		}
 		p.rmu.Unlock()
 		if err := p.spool.close(); err != nil {
 			p.log.Error("mlproducer: closing the spool", slog.Any("error", err))

@@ -4,6 +4,8 @@ import (
 	"container/heap"
 	"log/slog"
 	"time"
+
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 )
 
 // retryStore holds the messages waiting for their next attempt, ordered by
@@ -197,6 +199,7 @@ func (p *Producer) requeue(m *message, due time.Time, spill bool) {
 	if m.final.Load() == 0 && m.heapIndex == -1 {
 		m.due = due.UnixNano()
 		m.seq = p.nextSeq()
+		m.spanEvent(eventRequeued)
 		p.retry.push(m, spill)
 	}
 	p.rmu.Unlock()
@@ -226,8 +229,13 @@ func (p *Producer) failAttempt(m *message, err error) {
 		p.wakeRetry()
 		return
 	}
-	m.due = time.Now().Add(p.backoffFor(m)).UnixNano()
+	delay := p.backoffFor(m)
+	m.due = time.Now().Add(delay).UnixNano()
 	m.seq = p.nextSeq()
+	if m.trace.Load() != nil {
+		m.spanEvent(eventRetry, attrAttempts.Int(m.attempts), attrDelay.Int64(delay.Milliseconds()),
+			semconv.ErrorTypeKey.String(errorType(err)))
+	}
 	// A late confirm of the failed attempt may still come: m stays itself.
 	p.retry.push(m, false)
 	if p.spool != nil {

@@ -734,6 +734,9 @@ func (s *spoolRetryStore) push(m *message, spill bool) {
 	})
 	s.sb += len(m.body)
 	m.heapIndex = spilledIndex
+	// This *message is dropped: its later attempts are not traced, but
+	// they carry the same trace context.
+	m.endSpan("spooled", nil)
 }
 
 func (s *spoolRetryStore) peekDue() (int64, bool) {
