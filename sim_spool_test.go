@@ -175,7 +175,7 @@ func (s *simState) options(g *simGen) []mlproducer.Option {
 	if cfg.spool {
 		opts = append(opts, mlproducer.WithSpool(s.dir), mlproducer.WithSpoolCapacity(cfg.retryCap+cfg.maxInFlight, 64<<20))
 	}
-	return opts
+	return append(opts, s.tracing.options()...)
 }
 
 // restarter runs the restarts of the schedule; the channel is closed when

@@ -147,6 +147,8 @@ type simConfig struct {
 
 	spool    bool         // WithSpool on a dir of its own (sim_spool_test.go)
 	restarts []simRestart // crashes and Closes, each followed by a New on the dir
+
+	traced bool // publishes traced into a span recorder (invariant 11, sim_trace_test.go)
 }
 
 // liveBound is how long, once every fault is lifted and the publishers have
@@ -247,6 +249,8 @@ func newSimConfig(rng *rand.Rand) simConfig {
 			c.breakerThreshold = 1 << 20
 		}
 	}
+	// Drawn last, so that the draws above stay those of older seeds.
+	c.traced = rng.IntN(3) == 0
 	return c
 }
 
@@ -280,6 +284,9 @@ func (c simConfig) String() string {
 	}
 	if c.spool {
 		s += fmt.Sprintf("; spool, capacity %d, restarts %v", c.retryCap+c.maxInFlight, c.restarts)
+	}
+	if c.traced {
+		s += "; traced"
 	}
 	return s
 }
@@ -469,6 +476,8 @@ type simState struct {
 	deadMu sync.Mutex
 	dead   []simDead
 
+	tracing *simTracing // a traced schedule's recorder; nil otherwise
+
 	blockEpisodes, stallEpisodes int         // fault goroutine only
 	opDials                      []time.Time // dials of the operator (declareTopology), fault goroutine only
 }
@@ -518,6 +527,9 @@ func simulate(seed uint64, res *simResult, dir string) {
 	spoolTraits(&cfg, rand.New(rand.NewPCG(seed, 0x5b01)))
 	res.cfg = cfg
 	s := &simState{cfg: cfg, t0: time.Now(), seed: seed, res: res, closeDone: make(chan struct{})}
+	if cfg.traced {
+		s.tracing = newSimTracing()
+	}
 	s.b = mlproducertest.NewBroker()
 	defer s.b.Close()
 	s.b.SetMaxMessageSize(cfg.maxMessageSize)
@@ -1326,6 +1338,7 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 			s.checkCharged(c, d, desc)
 		}
 	}
+	s.checkTracing(calls, dead)
 	if cfg.spool {
 		s.checkSpool(calls, byK, dead)
 	} else if st.Accepted != uint64(accepted) || st.DeadLettered != uint64(len(deadList)) || st.Confirmed+st.DeadLettered != uint64(accepted) {
