@@ -59,7 +59,19 @@
 // confirmed, 1 otherwise: without a spool the rest were logged as dead
 // letters, with ML_SPOOL_DIR they stay in the spool for the next start; 2 on
 // a configuration error. Give the pod a terminationGracePeriodSeconds above
-// SHUTDOWN_DELAY + 20 s so that both waits can run out before the kill.
+// SHUTDOWN_DELAY + 25 s so that every wait can run out before the kill.
+//
+// Tracing (OpenTelemetry): each API request is a SERVER span, a child of
+// the caller's W3C traceparent header when there is one (the probes get no
+// span); the publish inside it is the Producer's PRODUCER span, whose trace
+// context travels in the message's headers to the worker. The SDK is set up
+// from the standard variables (internal/otelsetup): OTEL_TRACES_EXPORTER
+// ("otlp", "console" to print spans on standard error, "none"; unset means
+// otlp when OTEL_EXPORTER_OTLP_ENDPOINT is set, else none),
+// OTEL_EXPORTER_OTLP_* (http/protobuf only), OTEL_SERVICE_NAME (default
+// "ml-gateway"), OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*.
+// A bad value exits 2. The spans still buffered are flushed after the
+// Producer is closed, for up to 5 s.
 package main
 
 import (
@@ -76,6 +88,7 @@ import (
 	"time"
 
 	"github.com/mlproducer/mlproducer"
+	"github.com/mlproducer/mlproducer/internal/otelsetup"
 )
 
 const (
@@ -83,6 +96,7 @@ const (
 	defaultAdminAddr = "127.0.0.1:9090"
 	shutdownTimeout  = 10 * time.Second // for requests in progress
 	closeTimeout     = 10 * time.Second // for the Producer's unconfirmed tasks
+	tracingTimeout   = 5 * time.Second  // for the spans still buffered
 )
 
 func main() { os.Exit(run()) }
@@ -108,6 +122,14 @@ func run() int {
 			return 2
 		}
 	}
+
+	shutdownTracing, err := otelsetup.Setup(context.Background(), os.Getenv, "ml-gateway")
+	if err != nil {
+		logger.Error("invalid tracing configuration", slog.Any("error", err))
+		return 2
+	}
+	// Last, after the Producer is closed: its last spans end in Close.
+	defer flushSpans(logger, shutdownTracing)
 
 	opts, err := mlproducer.OptionsFromEnv()
 	if err != nil {
@@ -146,7 +168,7 @@ func run() int {
 		return 1
 	}
 	g := newGateway(p, logger, publishTimeout)
-	srv := newServer(g, logger)
+	srv := newServer(traced(g), logger)
 	adminSrv := newServer(g.admin(), logger)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
@@ -228,6 +250,16 @@ func closeProducer(logger *slog.Logger, p *mlproducer.Producer) bool {
 		return false
 	}
 	return true
+}
+
+// flushSpans exports the spans still buffered and stops the exporters,
+// for up to tracingTimeout.
+func flushSpans(logger *slog.Logger, shutdown func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), tracingTimeout)
+	defer cancel()
+	if err := shutdown(ctx); err != nil {
+		logger.Warn("spans not exported at exit", slog.Any("error", err))
+	}
 }
 
 func newLogger(format, level string) (*slog.Logger, error) {

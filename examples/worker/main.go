@@ -23,6 +23,17 @@
 //	WORKER_PREFETCH     unacknowledged deliveries per queue (default 32)
 //	WORKER_DEDUP_SIZE   message ids remembered (default 100000)
 //	LOG_LEVEL           debug, info (default), warn, error
+//
+// Tracing (OpenTelemetry): each delivery is a CONSUMER span "process
+// <queue>", a child of the trace context (W3C traceparent) that mlproducer
+// put in the message's headers, so the worker's spans join the trace of the
+// request that published the task. The SDK is set up from the standard
+// variables (internal/otelsetup): OTEL_TRACES_EXPORTER ("otlp", "console"
+// to print spans on standard error, "none"; unset means otlp when
+// OTEL_EXPORTER_OTLP_ENDPOINT is set, else none), OTEL_EXPORTER_OTLP_*
+// (http/protobuf only), OTEL_SERVICE_NAME (default "ml-worker"),
+// OTEL_RESOURCE_ATTRIBUTES, OTEL_TRACES_SAMPLER, OTEL_BSP_*. The spans still
+// buffered are flushed at exit, for up to 5 s.
 package main
 
 import (
@@ -39,6 +50,7 @@ import (
 	"time"
 
 	"github.com/mlproducer/mlproducer"
+	"github.com/mlproducer/mlproducer/internal/otelsetup"
 )
 
 func main() {
@@ -57,16 +69,34 @@ func main() {
 	}
 	w.out = os.Stdout
 	w.log = logger
+	shutdownTracing, err := otelsetup.Setup(context.Background(), os.Getenv, "ml-worker")
+	if err != nil {
+		logger.Error("invalid tracing configuration", slog.Any("error", err))
+		os.Exit(2)
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
-	defer stop()
-	if err := w.run(ctx); err != nil {
+	err = w.run(ctx)
+	stop()
+	code := 0
+	if err != nil {
 		logger.Error("worker failed", slog.Any("error", err))
-		os.Exit(1)
+		code = 1
+	} else {
+		logger.Info("worker stopped", slog.Uint64("processed", w.processed.Load()),
+			slog.Uint64("duplicates", w.duplicates.Load()), slog.Uint64("rejected", w.rejected.Load()))
 	}
-	logger.Info("worker stopped", slog.Uint64("processed", w.processed.Load()),
-		slog.Uint64("duplicates", w.duplicates.Load()), slog.Uint64("rejected", w.rejected.Load()))
+	// Every span has ended: flush those still buffered.
+	tctx, cancel := context.WithTimeout(context.Background(), tracingShutdownTimeout)
+	if err := shutdownTracing(tctx); err != nil {
+		logger.Warn("spans not exported at exit", slog.Any("error", err))
+	}
+	cancel()
+	os.Exit(code)
 }
+
+// tracingShutdownTimeout bounds the flush of the spans still buffered at exit.
+const tracingShutdownTimeout = 5 * time.Second
 
 // fromEnv builds a worker from environment variables (see the package
 // documentation); every bad value is an error naming the variable.

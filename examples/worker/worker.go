@@ -17,6 +17,8 @@ import (
 
 	"github.com/cenkalti/backoff/v4"
 	amqp "github.com/rabbitmq/amqp091-go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/mlproducer/mlproducer"
 )
@@ -43,6 +45,13 @@ type worker struct {
 	reconnectMin, reconnectMax time.Duration
 	// onConsuming, if set, is called each time every consumer is subscribed.
 	onConsuming func()
+	// tracerProvider gets the CONSUMER span of each delivery; nil means
+	// OpenTelemetry's global one, looked up per delivery (a no-op until
+	// main sets it up from OTEL_*).
+	tracerProvider trace.TracerProvider
+	// propagator reads the producer's trace context from the headers; nil
+	// means OpenTelemetry's global one, looked up per delivery.
+	propagator propagation.TextMapPropagator
 
 	outMu      sync.Mutex
 	processed  atomic.Uint64
@@ -201,14 +210,16 @@ func amqpErr(err *amqp.Error) error {
 // handle processes one delivery and acknowledges it. A duplicate message id
 // is acknowledged without processing; a body that is not a valid task is
 // rejected without requeueing (it would fail again; a dead-letter exchange
-// on the queue, if any, keeps it).
+// on the queue, if any, keeps it). Each delivery is one CONSUMER span, a
+// child of the trace context the producer put in its headers.
 func (w *worker) handle(queue string, d amqp.Delivery) {
+	_, span := w.startSpan(queue, &d)
 	task, err := mlproducer.DecodeTask(d.Body)
 	if err != nil {
 		w.rejected.Add(1)
 		w.log.Warn("worker: rejecting an invalid task", slog.String("queue", queue),
 			slog.String("messageId", d.MessageId), slog.Any("error", err))
-		w.settle(d.Reject(false), queue, d)
+		endSpan(span, outcomeRejected, err, w.settle(d.Reject(false), queue, d))
 		return
 	}
 	id := d.MessageId
@@ -220,27 +231,29 @@ func (w *worker) handle(queue string, d amqp.Delivery) {
 		w.duplicates.Add(1)
 		w.log.Info("worker: duplicate", slog.String("queue", queue), slog.String("messageId", id),
 			slog.String("attempt", attempt), slog.Bool("redelivered", d.Redelivered))
-		w.settle(d.Ack(false), queue, d)
+		endSpan(span, outcomeDuplicate, nil, w.settle(d.Ack(false), queue, d))
 		return
 	}
 	if err := w.process(queue, id, attempt, d.Redelivered, &task); err != nil {
 		// Not done: forget the id so that the redelivery is processed.
 		w.seen.Remove(id)
 		w.log.Error("worker: processing failed; requeueing", slog.String("messageId", id), slog.Any("error", err))
-		w.settle(d.Nack(false, true), queue, d)
+		endSpan(span, outcomeRequeued, err, w.settle(d.Nack(false, true), queue, d))
 		return
 	}
 	w.processed.Add(1)
 	// If this ack is lost with the connection, the task comes back and is
 	// then dropped as a duplicate.
-	w.settle(d.Ack(false), queue, d)
+	endSpan(span, outcomeAcked, nil, w.settle(d.Ack(false), queue, d))
 }
 
-func (w *worker) settle(err error, queue string, d amqp.Delivery) {
+// settle logs err, the error of settling d, and returns it.
+func (w *worker) settle(err error, queue string, d amqp.Delivery) error {
 	if err != nil {
 		w.log.Warn("worker: cannot settle a delivery; the broker will redeliver it",
 			slog.String("queue", queue), slog.String("messageId", d.MessageId), slog.Any("error", err))
 	}
+	return err
 }
 
 // process is where a real worker would run the model. This one prints the
