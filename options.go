@@ -81,6 +81,7 @@ type DeadLetter struct {
 
 type config struct {
 	urls              []string
+	urlsInOrder       bool // WithURLsInOrder
 	heartbeat         time.Duration
 	connectionTimeout time.Duration
 	confirmTimeout    time.Duration
@@ -291,8 +292,12 @@ func shownURL(u *url.URL) string {
 	return b.String()
 }
 
-// WithURLs sets the brokers to connect to, tried in order with failover: when
-// one cannot be reached the next is tried. List every node of a cluster here.
+// WithURLs sets the brokers to connect to, with failover: when one cannot be
+// reached the next is tried. List every node of a cluster here. Each
+// Producer tries them in an order of its own, so that the pods of a service
+// spread over the nodes instead of all connecting to the first: it starts on
+// a random one (the Producers of one process take turns from there) and goes
+// on in a shuffled order. [WithURLsInOrder] keeps the order given instead.
 // Default [DefaultURL]. Passwords in URLs are never logged or reported.
 //
 // A user name or password with a character that has a meaning in a URL must
@@ -302,6 +307,12 @@ func shownURL(u *url.URL) string {
 func WithURLs(urls ...string) Option {
 	return func(c *config) { c.urls = append([]string(nil), urls...) }
 }
+
+// WithURLsInOrder makes the Producer try the URLs of [WithURLs] in the order
+// given, first to last, and always the first again after a connection is
+// lost, for a primary broker and a standby (env RABBITMQ_URLS_IN_ORDER=true).
+// By default each Producer shuffles them to spread the load over a cluster.
+func WithURLsInOrder() Option { return func(c *config) { c.urlsInOrder = true } }
 
 // WithHeartbeat sets the AMQP heartbeat interval (env RABBITMQ_HEARTBEAT, in
 // seconds). Default 10 s; 0 disables heartbeats, and a dead TCP peer then
@@ -543,6 +554,7 @@ func WithConnectionName(name string) Option { return func(c *config) { c.connect
 // milliseconds, except RABBITMQ_HEARTBEAT (whole seconds).
 //
 //	RABBITMQ_URL                  broker URL; a comma-separated list for failover (WithURLs)
+//	RABBITMQ_URLS_IN_ORDER        true to try those URLs in the order given, not shuffled (WithURLsInOrder)
 //	RABBITMQ_HEARTBEAT            heartbeat, seconds, 0 to 3600; 0 disables (WithHeartbeat)
 //	RABBITMQ_CONNECTION_TIMEOUT   connection timeout, ms (WithConnectionTimeout)
 //	ML_MAX_MESSAGE_RETRIES        retries per message, >= 0 (WithMaxRetries)
@@ -618,6 +630,20 @@ func (r *envReader) str(name string) (string, bool) {
 	v, ok := r.lookup(name)
 	v = strings.TrimSpace(v)
 	return v, ok && v != ""
+}
+
+// bool reads true or false (as strconv.ParseBool: 1, t, TRUE, 0, f…).
+func (r *envReader) bool(name string) (bool, bool) {
+	v, ok := r.str(name)
+	if !ok {
+		return false, false
+	}
+	b, err := strconv.ParseBool(v)
+	if err != nil {
+		r.fail(name, v, "want true or false (or 1 or 0)")
+		return false, false
+	}
+	return b, true
 }
 
 // int reads a whole number from min to max.
@@ -701,6 +727,9 @@ func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
 			urls = append(urls, u)
 		}
 		add(WithURLs(urls...))
+	}
+	if b, ok := r.bool("RABBITMQ_URLS_IN_ORDER"); ok && b {
+		add(WithURLsInOrder())
 	}
 	if n, ok := r.int("RABBITMQ_HEARTBEAT", 0, 3600); ok {
 		add(WithHeartbeat(time.Duration(n) * time.Second))

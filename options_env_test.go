@@ -66,6 +66,11 @@ func envCases() []envCase {
 				assert.Equal(t, []string{"amqp://u:p@a:5672/", "amqps://b/vh"}, c.urls)
 			},
 		}, []string{"http://host/", "amqp://ok/,", "amqp:///nohost"}},
+		{"RABBITMQ_URLS_IN_ORDER", map[string]func(*testing.T, config){
+			"true":  func(t *testing.T, c config) { assert.True(t, c.urlsInOrder) },
+			"1":     func(t *testing.T, c config) { assert.True(t, c.urlsInOrder) },
+			"false": func(t *testing.T, c config) { assert.False(t, c.urlsInOrder) },
+		}, []string{"yes", "in order", "2"}},
 		{"RABBITMQ_HEARTBEAT", map[string]func(*testing.T, config){
 			"0":    func(t *testing.T, c config) { assert.Equal(t, time.Duration(0), c.heartbeat) },
 			"3600": func(t *testing.T, c config) { assert.Equal(t, time.Hour, c.heartbeat) },

@@ -193,6 +193,7 @@ func New(opts ...Option) (*Producer, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	cfg.urls = orderURLs(cfg.urls, cfg.urlsInOrder)
 	p := &Producer{
 		cfg:       cfg,
 		log:       cfg.logger,
