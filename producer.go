@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"container/heap"
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
@@ -81,6 +82,8 @@ type message struct {
 	key     uint64                 // the spool's key; 0 without a spool
 	meta    *msgMeta               // the publish options' metadata; nil for none
 	trace   atomic.Pointer[traced] // the publish's span until it ends; nil untraced
+	acc     uint64                 // acceptance number, for Flush: the spool key with a spool
+	dlv     *Delivery              // PublishAsync's; nil for Publish
 
 	final    atomic.Uint32 // 0 live, finalConfirmed or finalDead
 	notified atomic.Bool
@@ -167,6 +170,14 @@ type Producer struct {
 	closeMu  sync.Mutex
 	closed   bool
 	closeErr error
+	closedCh chan struct{} // closed when Close has returned its outcome
+
+	// PublishAsync and Flush (async.go): the acceptance numbers without a
+	// spool (with one, the spool's keys), the messages not yet final by
+	// Flush generation, and the waiters for room.
+	acc   atomic.Uint64
+	flush flushGens
+	room  roomSignal
 
 	// The dead-letter hook's queue and goroutine (deadletter.go); nil
 	// hookDone without a hook. hookq is bounded by the Producer's capacity:
@@ -204,8 +215,10 @@ func New(opts ...Option) (*Producer, error) {
 		stop:      make(chan struct{}),
 		state:     Connecting,
 		stateCh:   make(chan struct{}),
+		closedCh:  make(chan struct{}),
 		tracing:   newTracing(&cfg),
 	}
+	p.flush.init()
 	if p.dialer == nil {
 		p.dialer = transport.AMQP{ConfirmBuffer: cfg.maxInFlight + 1024}
 	}
@@ -227,6 +240,7 @@ func New(opts ...Option) (*Producer, error) {
 		}
 		p.held.Add(int64(len(left)))
 		p.owned.Add(int64(len(left)))
+		p.flush.add(int64(len(left))) // their keys are below every new one
 		p.spool, p.retry = sp, st
 		p.capCount, p.capBytes = int64(cfg.spoolCapCount), cfg.spoolCapBytes
 		if len(left) > 0 {
@@ -349,14 +363,21 @@ func newMessageID() (string, error) {
 // until then Close waits. Only without a buffer ([WithRetryQueueCapacity](0,
 // 0)) does an open breaker refuse the publish, with [ErrCircuitOpen].
 func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error) {
+	done, err := p.admitOne(ctx, typ)
+	if err != nil {
+		p.tracing.refused(ctx, err)
+	}
+	return done, err
+}
+
+// admitOne is begin without the refusal's span.
+func (p *Producer) admitOne(ctx context.Context, typ TaskType) (func(error), error) {
 	if err := ctx.Err(); err != nil {
 		p.metrics.count(typ, outContextDone)
-		p.tracing.refused(ctx, err)
 		return nil, err
 	}
 	if p.closing.Load() {
 		p.metrics.count(typ, outClosed)
-		p.tracing.refused(ctx, ErrClosed)
 		return nil, ErrClosed
 	}
 	// The breaker first: a refusal then costs no lock. A half-open breaker's
@@ -365,7 +386,6 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 	if err != nil {
 		if !p.cfg.buffered() {
 			p.metrics.count(typ, outCircuitOpen)
-			p.tracing.refused(ctx, err)
 			return nil, err
 		}
 		done = nil
@@ -375,7 +395,6 @@ func (p *Producer) begin(ctx context.Context, typ TaskType) (func(error), error)
 		p.admit.RUnlock()
 		notSent(done)
 		p.metrics.count(typ, outClosed)
-		p.tracing.refused(ctx, ErrClosed)
 		return nil, ErrClosed
 	}
 	p.owned.Add(1)
@@ -410,6 +429,7 @@ func (p *Producer) hold(size int) bool {
 func (p *Producer) release(size int) {
 	p.held.Add(-1)
 	p.heldBytes.Add(-int64(size))
+	p.room.signal()
 }
 
 // submit hands a begun message to the session, or to the retry queue, and
@@ -418,53 +438,79 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1, meta: meta}
 	// Before the spool's record: it keeps the trace context too.
 	p.tracing.start(ctx, m)
-	if !p.hold(len(body)) {
-		p.admit.RUnlock()
-		notSent(done)
-		p.disown()
-		p.metrics.count(typ, outQueueFull)
-		m.endSpan("refused", ErrRetryQueueFull)
-		return Receipt{}, queueFullError{p}
-	}
-	if p.spool != nil {
-		if err := p.spool.put(m); err != nil {
-			p.admit.RUnlock()
-			notSent(done)
-			p.release(len(body))
-			p.disown()
-			p.metrics.count(typ, outSpoolFailed)
-			m.endSpan("refused", err)
-			return Receipt{}, err
-		}
-	}
-	s := p.liveSession()
-	if s != nil {
-		// Only a caller that may wait needs the channel; a message that
-		// goes straight to the retry queue is kept without it.
-		m.done = make(chan struct{})
-	}
-	if s == nil || !s.tryEnqueue(m, done) {
-		notSent(done)
-		if !p.enqueueRetry(m) {
-			p.admit.RUnlock()
-			p.release(len(body))
-			p.disown()
+	waits, err := p.handOff(done, m)
+	if err != nil {
+		if errors.Is(err, errNoRoom) {
 			p.metrics.count(typ, outQueueFull)
-			m.endSpan("refused", ErrRetryQueueFull)
-			return Receipt{}, queueFullError{p}
+			err = queueFullError{p}
 		}
-		p.admit.RUnlock()
-		p.metrics.count(typ, outAccepted)
+		m.endSpan("refused", err)
+		return Receipt{}, err
+	}
+	if !waits {
 		return Receipt{MessageID: id, State: Queued}, nil
 	}
-	p.admit.RUnlock()
-	p.metrics.count(typ, outAccepted)
 	select {
 	case <-m.done:
 		return Receipt{MessageID: id, State: DeliveryState(m.outcome.Load())}, nil
 	case <-ctx.Done():
 		return Receipt{MessageID: id, State: Pending}, nil
 	}
+}
+
+// handOff takes a begun message: it counts it against the capacity, stores
+// it in the spool, and hands it to the session, or to the retry queue. It
+// ends the admission begin started. It reports whether the session has it
+// (its first outcome then closes m.done), or errNoRoom when the Producer
+// holds all it may (m is untouched and can be tried again), or the spool's
+// error.
+func (p *Producer) handOff(done func(error), m *message) (waits bool, err error) {
+	size := len(m.body)
+	if !p.hold(size) {
+		p.admit.RUnlock()
+		notSent(done)
+		p.disown()
+		return false, errNoRoom
+	}
+	if p.spool != nil {
+		if err := p.spool.put(m); err != nil {
+			p.admit.RUnlock()
+			notSent(done)
+			p.release(size)
+			p.disown()
+			p.metrics.count(m.typ, outSpoolFailed)
+			return false, err
+		}
+		m.acc = m.key
+	} else {
+		m.acc = p.acc.Add(1)
+	}
+	s := p.liveSession()
+	if s != nil && m.done == nil && m.dlv == nil {
+		// Only a caller that may wait needs the channel; a message that
+		// goes straight to the retry queue is kept without it.
+		m.done = make(chan struct{})
+	}
+	p.flush.add(1)
+	if s == nil || !s.tryEnqueue(m, done) {
+		notSent(done)
+		if !p.enqueueRetry(m) {
+			p.flush.final(m.acc)
+			p.admit.RUnlock()
+			// Not release: the room this makes is not room for m, and a
+			// PublishAsync waiting for it would wake itself.
+			p.held.Add(-1)
+			p.heldBytes.Add(-int64(size))
+			p.disown()
+			return false, errNoRoom
+		}
+		p.admit.RUnlock()
+		p.metrics.count(m.typ, outAccepted)
+		return false, nil
+	}
+	p.admit.RUnlock()
+	p.metrics.count(m.typ, outAccepted)
+	return true, nil
 }
 
 // liveSession returns the session to publish on, or nil while there is none
@@ -490,6 +536,10 @@ func (p *Producer) confirmed(m *message) {
 	}
 	m.signal(Confirmed)
 	m.endSpan("confirmed", nil)
+	p.flush.final(m.acc)
+	if m.dlv != nil {
+		m.dlv.resolve(Confirmed, nil)
+	}
 	if p.spool != nil {
 		p.spool.remove(m.key)
 	}
@@ -511,6 +561,10 @@ func (p *Producer) deadLetter(m *message, err error) {
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
 		slog.Int("attempts", sends), slog.Any("error", err))
 	m.endSpan("dead_lettered", err)
+	p.flush.final(m.acc)
+	if m.dlv != nil {
+		m.dlv.resolve(DeadLettered, nil)
+	}
 	if p.cfg.deadLetter == nil {
 		p.finishDead(m, true)
 		return
@@ -646,6 +700,12 @@ drain:
 		if rs, ok := p.retry.(*spoolRetryStore); ok {
 			for _, m := range rs.mem.h {
 				m.endSpan("left_in_spool", nil)
+				if m.dlv != nil {
+					m.dlv.resolve(Queued, errLeftInSpool)
+				}
+			}
+			for _, d := range rs.dlv {
+				d.resolve(Queued, errLeftInSpool)
 			}
 		}
 		p.rmu.Unlock()
@@ -664,5 +724,6 @@ drain:
 		p.closeErr = &CloseError{Unconfirmed: left + kept, DeadLettered: left, LeftInSpool: kept, SpoolDir: p.cfg.spoolDir, cause: cause}
 	}
 	p.log.Info("mlproducer: closed", slog.Int("deadLettered", left), slog.Int("leftInSpool", kept))
+	close(p.closedCh)
 	return p.closeErr
 }

@@ -163,6 +163,8 @@ func (p *Producer) sendDue() time.Duration {
 		}
 		m, err := p.retry.pop()
 		p.rmu.Unlock()
+		// Room in the retry queue, for a PublishAsync that found it full.
+		p.room.signal()
 		if m == nil || m.final.Load() != 0 {
 			// Empty after all, a store that cannot be read (try again in
 			// a while: the message stays there), or a message confirmed

@@ -455,6 +455,13 @@ func (sp *spool) newKey() uint64 {
 	return k
 }
 
+// peekKey returns the key newKey gives next.
+func (sp *spool) peekKey() uint64 {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.nextKey + 1
+}
+
 // put stores m durably: it returns once the transaction holding it is synced.
 // It waits for the disk, not for a ctx: a caller told "not taken" must not
 // find the message sent later.
@@ -721,6 +728,9 @@ type spoolRetryStore struct {
 	spill spillHeap
 	sb    int // bytes of the spilled messages
 	sp    *spool
+	// dlv keeps the Delivery of a spilled message of PublishAsync, by key,
+	// for the *message read back from disk (nil until one is spilled).
+	dlv map[uint64]*Delivery
 }
 
 func (s *spoolRetryStore) push(m *message, spill bool) {
@@ -734,6 +744,12 @@ func (s *spoolRetryStore) push(m *message, spill bool) {
 	})
 	s.sb += len(m.body)
 	m.heapIndex = spilledIndex
+	if m.dlv != nil {
+		if s.dlv == nil {
+			s.dlv = make(map[uint64]*Delivery)
+		}
+		s.dlv[m.key] = m.dlv
+	}
 	// This *message is dropped: its later attempts are not traced, but
 	// they carry the same trace context.
 	m.endSpan("spooled", nil)
@@ -762,6 +778,10 @@ func (s *spoolRetryStore) pop() (*message, error) {
 		}
 		heap.Pop(&s.spill)
 		s.sb -= int(e.size)
+		d := s.dlv[e.key]
+		if d != nil {
+			delete(s.dlv, e.key)
+		}
 		if !found {
 			// Final meanwhile (confirmed by an earlier attempt): nothing
 			// to send.
@@ -769,7 +789,7 @@ func (s *spoolRetryStore) pop() (*message, error) {
 		}
 		m := &message{
 			id: rm.ID, typ: rm.Type, body: body, created: rm.Created,
-			key: e.key, heapIndex: -1, attempts: int(e.attempts),
+			key: e.key, acc: e.key, dlv: d, heapIndex: -1, attempts: int(e.attempts),
 		}
 		if rm.Headers != nil || rm.Priority != 0 || rm.Expiration != "" || rm.CorrelationID != "" {
 			m.meta = &msgMeta{priority: rm.Priority, expiration: rm.Expiration, correlationID: rm.CorrelationID}
