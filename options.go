@@ -26,32 +26,6 @@ const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
 // then validates the result as a whole.
 type Option func(*config)
 
-// QueueType is the kind of queue the Producer declares for each task type.
-type QueueType string
-
-const (
-	// QueueClassic declares classic durable queues (the default): right for a
-	// single broker.
-	QueueClassic QueueType = "classic"
-	// QueueQuorum declares quorum queues: replicated, the choice for a
-	// RabbitMQ cluster.
-	QueueQuorum QueueType = "quorum"
-)
-
-// Topology is what the Producer declares on every new connection: a durable
-// direct exchange and, for each task type, a durable queue named after the
-// routing key ("ml.summarization", "ml.transcription", "ml.embedding") bound
-// to it with that key.
-type Topology struct {
-	// Exchange is the exchange tasks are published to. Default "ml.tasks".
-	Exchange string
-	// QueueType is the type of the declared queues. Default [QueueClassic].
-	QueueType QueueType
-	// NoDeclare turns declaration off: the Producer then expects the exchange
-	// (and whatever queues consume from it) to exist already.
-	NoDeclare bool
-}
-
 // DeadLetter is a message the Producer accepted but could not get confirmed:
 // its retries ran out ([WithMaxRetries]), or [Producer.Close] ended before it
 // was confirmed. Without a spool, Close hands every message still unconfirmed
@@ -96,6 +70,7 @@ type config struct {
 	healthInterval    time.Duration
 	maxInFlight       int
 	topology          Topology
+	topo              *topoState // what the supervisor knows of a configuration error
 	logger            *slog.Logger
 	tlsConfig         *tls.Config
 	tlsSet            bool // WithTLSConfig was given, even with nil
@@ -130,7 +105,8 @@ func defaultConfig() config {
 		breakerCooldown:   30 * time.Second,
 		healthInterval:    30 * time.Second,
 		maxInFlight:       4096,
-		topology:          Topology{Exchange: "ml.tasks", QueueType: QueueClassic},
+		topology:          defaultTopology(),
+		topo:              &topoState{},
 		appID:             "mlproducer",
 		connectionName:    "mlproducer",
 		limits:            defaultTaskLimits(),
@@ -188,10 +164,11 @@ func (c *config) validate() error {
 		return optErr("WithHealthCheckInterval", c.healthInterval, "must be >= 0 (0 disables the health check)")
 	case c.maxInFlight <= 0:
 		return optErr("WithMaxInFlight", c.maxInFlight, "must be > 0")
-	case c.topology.QueueType != QueueClassic && c.topology.QueueType != QueueQuorum:
-		return optErr("WithTopology", c.topology.QueueType, `QueueType must be "classic" or "quorum"`)
 	case c.logger == nil:
 		return optErr("WithLogger", "nil", "pass a *slog.Logger")
+	}
+	if err := c.topology.validate(); err != nil {
+		return err
 	}
 	return c.limits.validate()
 }
@@ -408,8 +385,23 @@ func WithHealthCheckInterval(d time.Duration) Option {
 // confirmed; past it, new publishes wait in the retry queue. Default 4096.
 func WithMaxInFlight(n int) Option { return func(c *config) { c.maxInFlight = n } }
 
-// WithTopology changes what the Producer declares on each connection, or
-// turns declaration off. Default: exchange "ml.tasks", classic queues.
+// WithTopology changes what the Producer declares on each connection (queue
+// names, prefix and arguments, the exchange), or turns declaration off. See
+// [Topology] for each field. Default: exchange "ml.tasks", classic queues
+// named after the routing keys, no arguments but x-queue-type. An empty
+// Exchange or QueueType keeps its default.
+//
+// A declaration the broker refuses because what exists differs (406
+// PRECONDITION_FAILED: a queue declared by its consumer with other
+// arguments), or, with NoDeclare, a missing exchange (404), is a
+// configuration error: redialling cannot fix it. The Producer logs it once
+// (at Error level, with the queue and the argument in conflict), shows it in
+// [Status].LastError, answers [Producer.Ready] with "configuration error:
+// ...", and tries again at the reconnect backoff's cap
+// ([WithReconnectBackoff]), so that fixing the broker (deleting the queue,
+// declaring the exchange) or the options recovers by itself. Publishes meanwhile
+// are taken as in any outage: kept in the retry queue ([Queued]) while it has
+// room, and sent once the topology is declared.
 func WithTopology(t Topology) Option {
 	return func(c *config) {
 		if t.Exchange == "" {
