@@ -21,7 +21,13 @@
 //     ([Broker.HoldEvents]);
 //   - channel errors: a publishing over the maximum message size
 //     ([Broker.SetMaxMessageSize]: 406) or to a missing exchange (404)
-//     closes its channel.
+//     closes its channel;
+//   - topology that does not fit: a queue declared with other arguments
+//     than the existing one's (for example one a consumer declared first,
+//     [Broker.DeclareQueue]) gets 406 PRECONDITION_FAILED with RabbitMQ's
+//     reply text naming the argument, and a passive declare of a missing
+//     exchange ([transport.ExchangeChecker]) gets 404 NOT_FOUND; both close
+//     the channel.
 //
 // What reached the broker can be inspected with [Broker.Messages],
 // [Broker.StoredIDs], [Broker.SendCounts], [Broker.Published],
