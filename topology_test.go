@@ -287,3 +287,34 @@ func TestNoDeclareMissingExchange(t *testing.T) {
 		assert.NoError(t, p.Ready())
 	})
 }
+
+// A full queue with x-overflow reject-publish nacks: the Producer retries
+// each refused message and, its retries spent, dead-letters it with the
+// nack; the message that fitted is confirmed.
+func TestRejectPublishNacksThenDeadLetters(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := mlproducertest.NewBroker()
+		defer b.Close()
+		var dl deadLetters
+		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook), mlproducer.WithMaxRetries(2),
+			mlproducer.WithTopology(mlproducer.Topology{MaxLength: 1, Overflow: mlproducer.OverflowRejectPublish}))
+		defer closeProducer(t, p)
+		waitConnected(t, p)
+		ctx := context.Background()
+		first, err := p.PublishEmbedding(ctx, "s", "fits", mlproducer.EmbeddingOptions{})
+		require.NoError(t, err)
+		require.Equal(t, mlproducer.Confirmed, first.State)
+		over, err := p.PublishEmbedding(ctx, "s", "over", mlproducer.EmbeddingOptions{})
+		require.NoError(t, err, "a nacked message is taken and retried")
+		assert.NotEqual(t, mlproducer.Confirmed, over.State)
+		time.Sleep(time.Minute)
+		synctest.Wait()
+		got := dl.all()
+		require.Len(t, got, 1)
+		assert.Equal(t, over.MessageID, got[0].Message.ID)
+		assert.Equal(t, 3, got[0].Attempts)
+		assert.ErrorContains(t, got[0].Err, "nacked")
+		assert.Equal(t, 3, b.SendCounts()[over.MessageID])
+		assert.Equal(t, []string{first.MessageID}, b.MessageIDs("ml.embedding"))
+	})
+}

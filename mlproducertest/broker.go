@@ -27,7 +27,12 @@
 //     [Broker.DeclareQueue]) gets 406 PRECONDITION_FAILED with RabbitMQ's
 //     reply text naming the argument, and a passive declare of a missing
 //     exchange ([transport.ExchangeChecker]) gets 404 NOT_FOUND; both close
-//     the channel.
+//     the channel;
+//   - length limits: a queue declared with x-max-length drops its oldest
+//     message when full (x-overflow drop-head, the default) or, with
+//     x-overflow reject-publish or reject-publish-dlx, makes the broker nack
+//     new publishings while it is full (the broker's own dead-lettering is
+//     not modelled).
 //
 // What reached the broker can be inspected with [Broker.Messages],
 // [Broker.StoredIDs], [Broker.SendCounts], [Broker.Published],

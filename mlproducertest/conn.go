@@ -491,13 +491,20 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 	b.published++
 	queues := b.route(ex, key)
 	if !ch.confirm {
-		storeLocked(queues, exName, key, &msg)
+		storeLocked(slices.DeleteFunc(slices.Clone(queues), (*queue).rejects), exName, key, &msg)
 		return 0, nil
 	}
 	now, f := time.Now(), b.faults
 	nack := b.nackNext > 0 || b.chance(f.NackRate)
 	if b.nackNext > 0 {
 		b.nackNext--
+	}
+	// A queue at its x-max-length that rejects publishes (x-overflow
+	// reject-publish or reject-publish-dlx) makes the broker nack; the
+	// queues with room still get the message, as on RabbitMQ.
+	if !nack && rejectingLocked(queues) {
+		nack = true
+		storeLocked(slices.DeleteFunc(slices.Clone(queues), (*queue).rejects), exName, key, &msg)
 	}
 	lost := false
 	switch {
@@ -531,9 +538,32 @@ func (ch *channel) Close() error {
 	return nil
 }
 
-// storeLocked puts a copy of msg in each queue. Called with the broker's lock held.
+// storeLocked puts a copy of msg in each queue; a queue at its x-max-length
+// drops its oldest message first (x-overflow drop-head, RabbitMQ's default;
+// dead-lettering is not modelled). Called with the broker's lock held.
 func storeLocked(queues []*queue, exName, key string, msg *transport.Publishing) {
 	for _, q := range queues {
+		if max, ok := q.maxLength(); ok && int64(len(q.msgs)) >= max {
+			q.msgs = slices.Delete(q.msgs, 0, len(q.msgs)-int(max)+1)
+		}
 		q.msgs = append(q.msgs, copyDelivery(Delivery{Exchange: exName, RoutingKey: key, Publishing: *msg}))
 	}
+}
+
+// maxLength returns the queue's x-max-length, if it has one.
+func (q *queue) maxLength() (int64, bool) {
+	n, ok := normArg(q.args["x-max-length"]).(int64)
+	return max(n, 0), ok
+}
+
+// rejects reports whether the queue is full and refuses new messages.
+func (q *queue) rejects() bool {
+	max, ok := q.maxLength()
+	o := q.args["x-overflow"]
+	return ok && int64(len(q.msgs)) >= max && (o == "reject-publish" || o == "reject-publish-dlx")
+}
+
+// rejectingLocked reports whether any of the queues refuses a new message.
+func rejectingLocked(queues []*queue) bool {
+	return slices.ContainsFunc(queues, (*queue).rejects)
 }

@@ -101,3 +101,34 @@ func TestExchangeDeclarePassive(t *testing.T) {
 	_, reason = replyOf(err)
 	assertEqual(t, "PRECONDITION_FAILED - inequivalent arg 'type' for exchange 'ml.tasks' in vhost '/': received 'fanout' but current is 'direct'", reason)
 }
+
+// A queue with x-max-length drops its oldest message when full (drop-head,
+// the default) or, with x-overflow reject-publish, gets the publishing
+// nacked and not stored, while a queue with room still stores it.
+func TestMaxLengthOverflow(t *testing.T) {
+	b := mlproducertest.NewBroker()
+	defer b.Close()
+	_, ch := openChannel(t, b)
+	requireNoError(t, ch.ExchangeDeclare("x", "fanout", true, nil))
+	requireNoError(t, ch.QueueDeclare("head", true, transport.Table{"x-max-length": int64(2)}))
+	requireNoError(t, ch.QueueDeclare("reject", true, transport.Table{"x-max-length": int64(2), "x-overflow": "reject-publish"}))
+	requireNoError(t, ch.QueueBind("head", "", "x"))
+	requireNoError(t, ch.QueueBind("reject", "", "x"))
+	confirms := make(chan transport.Confirmation, 10)
+	requireNoError(t, ch.Confirm(transport.ChannelEvents{
+		Confirm: func(c transport.Confirmation) { confirms <- c },
+		Return:  func(transport.Return) {},
+		Closed:  func(error) {},
+	}))
+	for _, id := range []string{"a", "b", "c", "d"} {
+		_, err := ch.Publish(context.Background(), "x", "", false, transport.Publishing{MessageID: id})
+		requireNoError(t, err)
+	}
+	var acks []bool
+	for range 4 {
+		acks = append(acks, (<-confirms).Ack)
+	}
+	assertEqual(t, []bool{true, true, false, false}, acks, "reject-publish nacks once full")
+	assertEqual(t, []string{"c", "d"}, b.MessageIDs("head"), "drop-head keeps the newest")
+	assertEqual(t, []string{"a", "b"}, b.MessageIDs("reject"), "reject-publish keeps the oldest")
+}
