@@ -127,22 +127,23 @@ func (t Topology) validate() error {
 	}
 	if t.NoDeclare {
 		for _, f := range []struct {
-			name string
-			set  bool
+			name  string
+			set   bool
+			value any
 		}{
-			{"QueuePrefix", t.QueuePrefix != ""},
-			{"SummarizationQueue", t.SummarizationQueue != ""},
-			{"TranscriptionQueue", t.TranscriptionQueue != ""},
-			{"EmbeddingQueue", t.EmbeddingQueue != ""},
-			{"MaxLength", t.MaxLength != 0},
-			{"Overflow", t.Overflow != ""},
-			{"MessageTTL", t.MessageTTL != 0},
-			{"DeadLetterExchange", t.DeadLetterExchange != ""},
-			{"MaxPriority", t.MaxPriority != 0},
-			{"DeliveryLimit", t.DeliveryLimit != 0},
+			{"QueuePrefix", t.QueuePrefix != "", t.QueuePrefix},
+			{"SummarizationQueue", t.SummarizationQueue != "", t.SummarizationQueue},
+			{"TranscriptionQueue", t.TranscriptionQueue != "", t.TranscriptionQueue},
+			{"EmbeddingQueue", t.EmbeddingQueue != "", t.EmbeddingQueue},
+			{"MaxLength", t.MaxLength != 0, t.MaxLength},
+			{"Overflow", t.Overflow != "", t.Overflow},
+			{"MessageTTL", t.MessageTTL != 0, t.MessageTTL},
+			{"DeadLetterExchange", t.DeadLetterExchange != "", t.DeadLetterExchange},
+			{"MaxPriority", t.MaxPriority != 0, t.MaxPriority},
+			{"DeliveryLimit", t.DeliveryLimit != 0, t.DeliveryLimit},
 		} {
 			if f.set {
-				return topoErr(f.name, "set", "has no effect with NoDeclare (the Producer declares no queue); drop one of the two")
+				return topoErr(f.name, f.value, "has no effect with NoDeclare (the Producer declares no queue); drop one of the two")
 			}
 		}
 		return nil
