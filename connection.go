@@ -56,13 +56,21 @@ func (p *Producer) supervise() {
 		s, err := p.connect(raw)
 		if err != nil {
 			p.breaker.dialFailed(err)
-			p.noteError(raw, err)
 			next++
-			if !wait(p.reconnectWait(bo)) {
+			// A configuration error (the broker refuses the topology: see
+			// topology.go) is logged once and retried at the backoff's
+			// cap: only a change on the broker can end it.
+			d := p.cfg.reconnectMax
+			if !p.noteConfigError(raw, err) {
+				p.noteError(raw, err)
+				d = p.reconnectWait(bo)
+			}
+			if !wait(d) {
 				return
 			}
 			continue
 		}
+		p.clearConfigError()
 		// A dial that got through, with the topology declared: the broker is
 		// back. It closes a breaker opened by failed dials, and is the probe
 		// of a half-open one; it resets nothing else (see breaker.connected).
@@ -240,32 +248,3 @@ func (p *Producer) connect(raw string) (*session, error) {
 	s.start()
 	return s, nil
 }
-
-// declare declares the exchange and one queue per task type on a channel of
-// its own, so a refused declaration never takes the publishing channel down.
-func (p *Producer) declare(conn transport.Conn) error {
-	t := p.cfg.topology
-	if t.NoDeclare {
-		return nil
-	}
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
-	defer ch.Close()
-	if err := ch.ExchangeDeclare(t.Exchange, "direct", true, nil); err != nil {
-		return fmt.Errorf("exchange %q: %w", t.Exchange, err)
-	}
-	for _, typ := range taskTypes {
-		q := typ.RoutingKey()
-		if err := ch.QueueDeclare(q, true, transport.Table{"x-queue-type": string(t.QueueType)}); err != nil {
-			return fmt.Errorf("queue %q: %w", q, err)
-		}
-		if err := ch.QueueBind(q, q, t.Exchange); err != nil {
-			return fmt.Errorf("bind queue %q: %w", q, err)
-		}
-	}
-	return nil
-}
-
-var taskTypes = [...]TaskType{TaskSummarization, TaskTranscription, TaskEmbedding}

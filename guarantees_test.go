@@ -380,18 +380,22 @@ func TestPoisonMessageIsDeadLettered(t *testing.T) {
 	})
 }
 
-// A session refused at once (NoDeclare and a missing exchange: 404 on the
-// first publish) does not reconnect at full speed, and the messages
-// refused this way end in the dead-letter hook.
+// A session refused at once (NoDeclare and an exchange deleted after the
+// set-up checked it: 404 on the first publish) does not reconnect at full
+// speed; the set-up's check then finds the exchange missing (a
+// configuration error), so the message waits for it, and Close hands it to
+// the dead-letter hook with the 404 of its attempt.
 func TestMissingExchangeDoesNotStorm(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
+		declareExchange(t, b, "missing")
 		var dl deadLetters
 		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook),
 			mlproducer.WithTopology(mlproducer.Topology{Exchange: "missing", NoDeclare: true}),
 			mlproducer.WithReconnectBackoff(100*time.Millisecond, 10*time.Second))
 		waitConnected(t, p)
+		b.DeleteExchange("missing")
 		_, err := p.PublishSummarization(context.Background(), "s", "hello", mlproducer.SummarizationOptions{})
 		require.NoError(t, err)
 		time.Sleep(time.Second)
@@ -399,11 +403,12 @@ func TestMissingExchangeDoesNotStorm(t *testing.T) {
 		assert.Less(t, b.Dials(), 20, "a second of refused sessions")
 		time.Sleep(time.Minute)
 		synctest.Wait()
-		require.Len(t, dl.all(), 1)
-		assert.ErrorContains(t, dl.all()[0].Err, "404")
+		assert.Contains(t, p.Status().LastError, `exchange "missing" does not exist`)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
 		defer cancel()
 		_ = p.Close(ctx)
+		require.Len(t, dl.all(), 1)
+		assert.ErrorContains(t, dl.all()[0].Err, "404")
 	})
 }
 

@@ -168,7 +168,9 @@ func (p *Producer) ReadinessHandler() http.Handler {
 // usable connection ("connection state reconnecting", "connection state
 // blocked", ...) or its circuit breaker is open ("circuit breaker open"), or,
 // with a spool, while the spool's last write failed ("spool cannot write
-// (...)": a full disk; it becomes ready by itself once a write succeeds). The
+// (...)": a full disk; it becomes ready by itself once a write succeeds), or
+// while the broker refuses the topology ("configuration error: ...", see
+// [WithTopology]; it becomes ready once the topology is declared). The
 // error wraps [ErrNotReady] and gives every reason that holds, for example
 // "mlproducer: not ready: retry queue full".
 //
@@ -191,6 +193,9 @@ func (p *Producer) notReadyReason() string {
 		return "connection state closed"
 	}
 	var reasons []string
+	if r := p.configNotReady(); r != "" {
+		reasons = append(reasons, r)
+	}
 	live := p.liveSession() != nil
 	if !p.cfg.buffered() {
 		if !live {

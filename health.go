@@ -84,3 +84,9 @@ func (s *session) probe(timeout time.Duration) error {
 		return errNotSent
 	}
 }
+
+// configNotReady is the readiness reason of a configuration error (the
+// broker refuses the topology, see [WithTopology]), or "". Such a Producer
+// can buffer a message but never send one until someone changes the broker
+// or the options, so it is not ready whatever its buffer.
+func (p *Producer) configNotReady() string { return p.configError() }

@@ -26,32 +26,6 @@ const DefaultURL = "amqp://guest:guest@127.0.0.1:5672/"
 // then validates the result as a whole.
 type Option func(*config)
 
-// QueueType is the kind of queue the Producer declares for each task type.
-type QueueType string
-
-const (
-	// QueueClassic declares classic durable queues (the default): right for a
-	// single broker.
-	QueueClassic QueueType = "classic"
-	// QueueQuorum declares quorum queues: replicated, the choice for a
-	// RabbitMQ cluster.
-	QueueQuorum QueueType = "quorum"
-)
-
-// Topology is what the Producer declares on every new connection: a durable
-// direct exchange and, for each task type, a durable queue named after the
-// routing key ("ml.summarization", "ml.transcription", "ml.embedding") bound
-// to it with that key.
-type Topology struct {
-	// Exchange is the exchange tasks are published to. Default "ml.tasks".
-	Exchange string
-	// QueueType is the type of the declared queues. Default [QueueClassic].
-	QueueType QueueType
-	// NoDeclare turns declaration off: the Producer then expects the exchange
-	// (and whatever queues consume from it) to exist already.
-	NoDeclare bool
-}
-
 // DeadLetter is a message the Producer accepted but could not get confirmed:
 // its retries ran out ([WithMaxRetries]), or [Producer.Close] ended before it
 // was confirmed. Without a spool, Close hands every message still unconfirmed
@@ -97,6 +71,7 @@ type config struct {
 	healthInterval    time.Duration
 	maxInFlight       int
 	topology          Topology
+	topo              *topoState // what the supervisor knows of a configuration error
 	logger            *slog.Logger
 	tlsConfig         *tls.Config
 	tlsSet            bool // WithTLSConfig was given, even with nil
@@ -131,7 +106,8 @@ func defaultConfig() config {
 		breakerCooldown:   30 * time.Second,
 		healthInterval:    30 * time.Second,
 		maxInFlight:       4096,
-		topology:          Topology{Exchange: "ml.tasks", QueueType: QueueClassic},
+		topology:          defaultTopology(),
+		topo:              &topoState{},
 		appID:             "mlproducer",
 		connectionName:    "mlproducer",
 		limits:            defaultTaskLimits(),
@@ -189,10 +165,11 @@ func (c *config) validate() error {
 		return optErr("WithHealthCheckInterval", c.healthInterval, "must be >= 0 (0 disables the health check)")
 	case c.maxInFlight <= 0:
 		return optErr("WithMaxInFlight", c.maxInFlight, "must be > 0")
-	case c.topology.QueueType != QueueClassic && c.topology.QueueType != QueueQuorum:
-		return optErr("WithTopology", c.topology.QueueType, `QueueType must be "classic" or "quorum"`)
 	case c.logger == nil:
 		return optErr("WithLogger", "nil", "pass a *slog.Logger")
+	}
+	if err := c.topology.validate(); err != nil {
+		return err
 	}
 	return c.limits.validate()
 }
@@ -419,8 +396,23 @@ func WithHealthCheckInterval(d time.Duration) Option {
 // confirmed; past it, new publishes wait in the retry queue. Default 4096.
 func WithMaxInFlight(n int) Option { return func(c *config) { c.maxInFlight = n } }
 
-// WithTopology changes what the Producer declares on each connection, or
-// turns declaration off. Default: exchange "ml.tasks", classic queues.
+// WithTopology changes what the Producer declares on each connection (queue
+// names, prefix and arguments, the exchange), or turns declaration off. See
+// [Topology] for each field. Default: exchange "ml.tasks", classic queues
+// named after the routing keys, no arguments but x-queue-type. An empty
+// Exchange or QueueType keeps its default.
+//
+// A declaration the broker refuses because what exists differs (406
+// PRECONDITION_FAILED: a queue declared by its consumer with other
+// arguments), or, with NoDeclare, a missing exchange (404), is a
+// configuration error: redialling cannot fix it. The Producer logs it once
+// (at Error level, with the queue and the argument in conflict), shows it in
+// [Status].LastError, answers [Producer.Ready] with "configuration error:
+// ...", and tries again at the reconnect backoff's cap
+// ([WithReconnectBackoff]), so that fixing the broker (deleting the queue,
+// declaring the exchange) or the options recovers by itself. Publishes meanwhile
+// are taken as in any outage: kept in the retry queue ([Queued]) while it has
+// room, and sent once the topology is declared.
 func WithTopology(t Topology) Option {
 	return func(c *config) {
 		if t.Exchange == "" {
@@ -578,6 +570,16 @@ func WithConnectionName(name string) Option { return func(c *config) { c.connect
 //	ML_TOPOLOGY_EXCHANGE          exchange tasks are published to (WithTopology)
 //	ML_TOPOLOGY_QUEUE_TYPE        "classic" or "quorum" (WithTopology)
 //	ML_TOPOLOGY_NO_DECLARE        true to declare nothing, as strconv.ParseBool reads it (WithTopology)
+//	ML_TOPOLOGY_QUEUE_PREFIX      put before every queue name, e.g. "staging." (Topology.QueuePrefix)
+//	ML_TOPOLOGY_SUMMARIZATION_QUEUE  queue of summarization tasks (Topology.SummarizationQueue)
+//	ML_TOPOLOGY_TRANSCRIPTION_QUEUE  queue of transcription tasks (Topology.TranscriptionQueue)
+//	ML_TOPOLOGY_EMBEDDING_QUEUE   queue of embedding tasks (Topology.EmbeddingQueue)
+//	ML_TOPOLOGY_MAX_LENGTH        x-max-length, messages, >= 1 (Topology.MaxLength)
+//	ML_TOPOLOGY_OVERFLOW          x-overflow: drop-head, reject-publish or reject-publish-dlx (Topology.Overflow)
+//	ML_TOPOLOGY_MESSAGE_TTL       x-message-ttl, ms, >= 1 (Topology.MessageTTL)
+//	ML_TOPOLOGY_DEAD_LETTER_EXCHANGE  x-dead-letter-exchange (Topology.DeadLetterExchange)
+//	ML_TOPOLOGY_MAX_PRIORITY      x-max-priority, 1 to 255, classic queues (Topology.MaxPriority)
+//	ML_TOPOLOGY_DELIVERY_LIMIT    x-delivery-limit, >= 1, quorum queues (Topology.DeliveryLimit)
 //
 // A variable that is unset or empty (after trimming spaces) leaves the value
 // of the options before it, by default the default. One half of a pair
@@ -857,9 +859,111 @@ func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
 			}
 		})
 	}
+	base := def.topology
+	if hasEx {
+		base.Exchange = exchange
+	}
+	if hasQT {
+		base.QueueType = QueueType(qt)
+	}
+	base.NoDeclare = hasND && noDeclare
+	topologyFromLookup(r, add, base)
 
 	if r.err != nil {
 		return nil, r.err
 	}
 	return opts, nil
+}
+
+// topologyFromLookup reads the Topology's queue names and arguments. Each
+// variable set changes only its own field. How they fit together with the
+// other ML_TOPOLOGY_ variables (x-delivery-limit only with quorum queues,
+// ...) is checked on base, the Topology those give: an error names the
+// variable of the field in fault.
+func topologyFromLookup(r *envReader, add func(Option), base Topology) {
+	name := func(v string) (string, bool) {
+		s, ok := r.str(v)
+		switch {
+		case !ok:
+		case len(s) > maxShortStr:
+			r.fail(v, s, "at most 255 bytes")
+			ok = false
+		case v != "ML_TOPOLOGY_DEAD_LETTER_EXCHANGE" && strings.HasPrefix(s, "amq."):
+			r.fail(v, s, `names starting with "amq." are reserved by the broker`)
+			ok = false
+		}
+		return s, ok
+	}
+	var sets []func(*Topology)
+	str := func(v string, field func(*Topology) *string) {
+		if s, ok := name(v); ok {
+			sets = append(sets, func(t *Topology) { *field(t) = s })
+		}
+	}
+	str("ML_TOPOLOGY_QUEUE_PREFIX", func(t *Topology) *string { return &t.QueuePrefix })
+	str("ML_TOPOLOGY_SUMMARIZATION_QUEUE", func(t *Topology) *string { return &t.SummarizationQueue })
+	str("ML_TOPOLOGY_TRANSCRIPTION_QUEUE", func(t *Topology) *string { return &t.TranscriptionQueue })
+	str("ML_TOPOLOGY_EMBEDDING_QUEUE", func(t *Topology) *string { return &t.EmbeddingQueue })
+	str("ML_TOPOLOGY_DEAD_LETTER_EXCHANGE", func(t *Topology) *string { return &t.DeadLetterExchange })
+	if n, ok := r.int("ML_TOPOLOGY_MAX_LENGTH", 1, math.MaxInt64); ok {
+		sets = append(sets, func(t *Topology) { t.MaxLength = n })
+	}
+	if v, ok := r.str("ML_TOPOLOGY_OVERFLOW"); ok {
+		switch o := Overflow(v); o {
+		case OverflowDropHead, OverflowRejectPublish, OverflowRejectPublishDLX:
+			sets = append(sets, func(t *Topology) { t.Overflow = o })
+		default:
+			r.fail("ML_TOPOLOGY_OVERFLOW", v, `want "drop-head", "reject-publish" or "reject-publish-dlx"`)
+		}
+	}
+	if d, ok := r.millis("ML_TOPOLOGY_MESSAGE_TTL", 1); ok {
+		sets = append(sets, func(t *Topology) { t.MessageTTL = d })
+	}
+	if n, ok := r.int("ML_TOPOLOGY_MAX_PRIORITY", 1, math.MaxUint8); ok {
+		sets = append(sets, func(t *Topology) { t.MaxPriority = uint8(n) })
+	}
+	if n, ok := r.int("ML_TOPOLOGY_DELIVERY_LIMIT", 1, math.MaxInt); ok {
+		sets = append(sets, func(t *Topology) { t.DeliveryLimit = int(n) })
+	}
+	if r.err != nil {
+		return
+	}
+	for _, set := range sets {
+		set(&base)
+	}
+	if err := base.validate(); err != nil {
+		var oe *OptionError
+		if errors.As(err, &oe) {
+			field, reason, _ := strings.Cut(strings.TrimPrefix(oe.Reason, "Topology."), ": ")
+			if v, ok := topologyVars[field]; ok {
+				r.fail(v, r.given(v), reason)
+				return
+			}
+		}
+		r.err = err
+		return
+	}
+	if len(sets) > 0 {
+		add(func(c *config) {
+			for _, set := range sets {
+				set(&c.topology)
+			}
+		})
+	}
+}
+
+// topologyVars maps a Topology field to its variable.
+var topologyVars = map[string]string{
+	"Exchange":           "ML_TOPOLOGY_EXCHANGE",
+	"QueueType":          "ML_TOPOLOGY_QUEUE_TYPE",
+	"QueuePrefix":        "ML_TOPOLOGY_QUEUE_PREFIX",
+	"SummarizationQueue": "ML_TOPOLOGY_SUMMARIZATION_QUEUE",
+	"TranscriptionQueue": "ML_TOPOLOGY_TRANSCRIPTION_QUEUE",
+	"EmbeddingQueue":     "ML_TOPOLOGY_EMBEDDING_QUEUE",
+	"MaxLength":          "ML_TOPOLOGY_MAX_LENGTH",
+	"Overflow":           "ML_TOPOLOGY_OVERFLOW",
+	"MessageTTL":         "ML_TOPOLOGY_MESSAGE_TTL",
+	"DeadLetterExchange": "ML_TOPOLOGY_DEAD_LETTER_EXCHANGE",
+	"MaxPriority":        "ML_TOPOLOGY_MAX_PRIORITY",
+	"DeliveryLimit":      "ML_TOPOLOGY_DELIVERY_LIMIT",
 }

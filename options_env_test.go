@@ -192,7 +192,67 @@ func envCases() []envCase {
 			},
 			"0": func(t *testing.T, c config) { assert.False(t, c.topology.NoDeclare) },
 		}, []string{"yes", "2", "on"}},
+		{"ML_TOPOLOGY_QUEUE_PREFIX", map[string]func(*testing.T, config){
+			"staging.": func(t *testing.T, c config) {
+				assert.Equal(t, Topology{Exchange: "ml.tasks", QueueType: QueueClassic, QueuePrefix: "staging."}, c.topology)
+				assert.Equal(t, "staging.ml.summarization", c.topology.queueName(TaskSummarization))
+			},
+		}, []string{"amq.x", strings.Repeat("p", 256)}},
+		{"ML_TOPOLOGY_SUMMARIZATION_QUEUE", map[string]func(*testing.T, config){
+			"sum": func(t *testing.T, c config) { assert.Equal(t, "sum", c.topology.queueName(TaskSummarization)) },
+		}, []string{"amq.sum"}},
+		{"ML_TOPOLOGY_TRANSCRIPTION_QUEUE", map[string]func(*testing.T, config){
+			"asr": func(t *testing.T, c config) { assert.Equal(t, "asr", c.topology.queueName(TaskTranscription)) },
+		}, []string{strings.Repeat("q", 256)}},
+		{"ML_TOPOLOGY_EMBEDDING_QUEUE", map[string]func(*testing.T, config){
+			"vec": func(t *testing.T, c config) { assert.Equal(t, "vec", c.topology.queueName(TaskEmbedding)) },
+		}, []string{"amq.vec"}},
+		{"ML_TOPOLOGY_MAX_LENGTH", map[string]func(*testing.T, config){
+			"1":                   func(t *testing.T, c config) { assert.Equal(t, int64(1), c.topology.MaxLength) },
+			"9223372036854775807": func(t *testing.T, c config) { assert.Equal(t, int64(math.MaxInt64), c.topology.MaxLength) },
+		}, []string{"0", "-1", "9223372036854775808", "1k"}},
+		{"ML_TOPOLOGY_OVERFLOW", map[string]func(*testing.T, config){
+			"drop-head":          func(t *testing.T, c config) { assert.Equal(t, OverflowDropHead, c.topology.Overflow) },
+			"reject-publish":     func(t *testing.T, c config) { assert.Equal(t, OverflowRejectPublish, c.topology.Overflow) },
+			"reject-publish-dlx": func(t *testing.T, c config) { assert.Equal(t, OverflowRejectPublishDLX, c.topology.Overflow) },
+		}, []string{"drop-tail", "Reject-Publish"}},
+		{"ML_TOPOLOGY_MESSAGE_TTL", map[string]func(*testing.T, config){
+			"60000": func(t *testing.T, c config) {
+				assert.Equal(t, time.Minute, c.topology.MessageTTL)
+				assert.Equal(t, int64(60000), c.topology.queueArgs()["x-message-ttl"])
+			},
+		}, []string{"0", "1m", "-5"}},
+		{"ML_TOPOLOGY_DEAD_LETTER_EXCHANGE", map[string]func(*testing.T, config){
+			"ml.dlx": func(t *testing.T, c config) {
+				assert.Equal(t, "ml.dlx", c.topology.queueArgs()["x-dead-letter-exchange"])
+			},
+		}, []string{strings.Repeat("x", 256)}},
+		{"ML_TOPOLOGY_MAX_PRIORITY", map[string]func(*testing.T, config){
+			"10":  func(t *testing.T, c config) { assert.Equal(t, uint8(10), c.topology.MaxPriority) },
+			"255": func(t *testing.T, c config) { assert.Equal(t, int64(255), c.topology.queueArgs()["x-max-priority"]) },
+		}, []string{"0", "256", "high"}},
+		{"ML_TOPOLOGY_DELIVERY_LIMIT", map[string]func(*testing.T, config){
+			"5": func(t *testing.T, c config) {
+				assert.Equal(t, 5, c.topology.DeliveryLimit)
+				assert.Equal(t, QueueQuorum, c.topology.QueueType)
+			},
+		}, []string{"0", "-1", "many"}},
 	}
+}
+
+// envContext is what a variable needs beside it to be valid: the delivery
+// limit applies to quorum queues only.
+var envContext = map[string]map[string]string{
+	"ML_TOPOLOGY_DELIVERY_LIMIT": {"ML_TOPOLOGY_QUEUE_TYPE": "quorum"},
+}
+
+// withContext returns {name: value} plus name's envContext.
+func withContext(name, value string) map[string]string {
+	env := map[string]string{name: value}
+	for k, v := range envContext[name] {
+		env[k] = v
+	}
+	return env
 }
 
 // TestOptionsFromLookupEveryVariable sets each variable alone to good values
@@ -213,12 +273,12 @@ func TestOptionsFromLookupEveryVariable(t *testing.T) {
 			t.Parallel()
 			require.NotEmpty(t, tc.good)
 			for value, check := range tc.good {
-				cfg, err := envConfig(t, map[string]string{tc.name: value})
+				cfg, err := envConfig(t, withContext(tc.name, value))
 				require.NoError(t, err, "%s=%q", tc.name, value)
 				check(t, cfg)
 			}
 			for _, value := range tc.bad {
-				_, err := OptionsFromLookup(lookupMap(map[string]string{tc.name: value}))
+				_, err := OptionsFromLookup(lookupMap(withContext(tc.name, value)))
 				var oe *OptionError
 				require.ErrorAs(t, err, &oe, "%s=%q", tc.name, value)
 				assert.ErrorIs(t, err, ErrInvalidOption)

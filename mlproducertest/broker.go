@@ -21,7 +21,18 @@
 //     ([Broker.HoldEvents]);
 //   - channel errors: a publishing over the maximum message size
 //     ([Broker.SetMaxMessageSize]: 406) or to a missing exchange (404)
-//     closes its channel.
+//     closes its channel;
+//   - topology that does not fit: a queue declared with other arguments
+//     than the existing one's (for example one a consumer declared first,
+//     [Broker.DeclareQueue]) gets 406 PRECONDITION_FAILED with RabbitMQ's
+//     reply text naming the argument, and a passive declare of a missing
+//     exchange ([transport.ExchangeChecker]) gets 404 NOT_FOUND; both close
+//     the channel;
+//   - length limits: a queue declared with x-max-length drops its oldest
+//     message when full (x-overflow drop-head, the default) or, with
+//     x-overflow reject-publish or reject-publish-dlx, makes the broker nack
+//     new publishings while it is full (the broker's own dead-lettering is
+//     not modelled).
 //
 // What reached the broker can be inspected with [Broker.Messages],
 // [Broker.StoredIDs], [Broker.SendCounts], [Broker.Published],
@@ -619,6 +630,21 @@ func (b *Broker) QueueArgs(name string) (args transport.Table, ok bool) {
 	return nil, false
 }
 
+// DeclareQueue declares a durable queue with args, as a consumer that owns
+// its queues (or an operator) would before the Producer connects; a queue
+// that exists is replaced, messages and bindings kept. A later QueueDeclare
+// with other arguments then fails with 406 PRECONDITION_FAILED, as on
+// RabbitMQ.
+func (b *Broker) DeclareQueue(name string, args transport.Table) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if q := b.queues[name]; q != nil {
+		q.durable, q.args = true, cloneTable(args)
+		return
+	}
+	b.queues[name] = &queue{durable: true, args: cloneTable(args)}
+}
+
 // DeleteExchange deletes an exchange and its bindings, as an operator
 // would; a later publishing to it closes its channel with a 404 channel
 // error (see the package doc's Model).
@@ -709,8 +735,84 @@ func cloneTable(t transport.Table) transport.Table {
 	return out
 }
 
-func sameArgs(a, b transport.Table) bool {
-	return (len(a) == 0 && len(b) == 0) || reflect.DeepEqual(a, b)
+// argsDiff compares a declaration (durable, args) with what exists (was,
+// current) as RabbitMQ does, and returns "" when they are equivalent, or the
+// end of RabbitMQ's reply text for the first difference in name order, with
+// "%s" where the entity goes: "'x-max-length' for %s in vhost '/': received
+// '6' but current is '5'". Integers of any Go type compare by value, and for
+// a queue a missing x-queue-type is "classic".
+func argsDiff(was, durable bool, current, args transport.Table, queue bool) string {
+	if was != durable {
+		return fmt.Sprintf("'durable' for %%s in vhost '/': received '%t' but current is '%t'", durable, was)
+	}
+	norm := func(t transport.Table) map[string]any {
+		out := make(map[string]any, len(t)+1)
+		for k, v := range t {
+			out[k] = normArg(v)
+		}
+		if _, ok := out["x-queue-type"]; queue && !ok {
+			out["x-queue-type"] = "classic"
+		}
+		return out
+	}
+	cur, got := norm(current), norm(args)
+	keys := slices.Sorted(maps.Keys(cur))
+	for k := range got {
+		if _, ok := cur[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	for _, k := range keys {
+		c, hasC := cur[k]
+		g, hasG := got[k]
+		switch {
+		case hasC && hasG && reflect.DeepEqual(c, g):
+			continue
+		case hasC && hasG:
+			return fmt.Sprintf("'%s' for %%s in vhost '/': received '%v' but current is '%v'", k, g, c)
+		case hasG:
+			return fmt.Sprintf("'%s' for %%s in vhost '/': received the value '%v' of type '%s' but current is none", k, g, argType(g))
+		default:
+			return fmt.Sprintf("'%s' for %%s in vhost '/': received none but current is the value '%v' of type '%s'", k, c, argType(c))
+		}
+	}
+	return ""
+}
+
+// normArg gives every integer the type int64, so that values compare as
+// RabbitMQ compares them.
+func normArg(v any) any {
+	switch n := v.(type) {
+	case int:
+		return int64(n)
+	case int8:
+		return int64(n)
+	case int16:
+		return int64(n)
+	case int32:
+		return int64(n)
+	case uint8:
+		return int64(n)
+	case uint16:
+		return int64(n)
+	case uint32:
+		return int64(n)
+	}
+	return v
+}
+
+// argType is the AMQP field type RabbitMQ names in its reply text.
+func argType(v any) string {
+	switch v.(type) {
+	case string:
+		return "longstr"
+	case int64:
+		return "long"
+	case bool:
+		return "bool"
+	}
+	return fmt.Sprintf("%T", v)
 }
 
 func copyDelivery(d Delivery) Delivery {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/mlproducer/mlproducer/transport"
@@ -58,7 +59,10 @@ type channel struct {
 	above   map[uint64]struct{} // confirmed tags > acked
 }
 
-var _ transport.Dialer = (*Broker)(nil)
+var (
+	_ transport.Dialer          = (*Broker)(nil)
+	_ transport.ExchangeChecker = (*channel)(nil)
+)
 
 func closedErr(cause error) error {
 	if cause == nil {
@@ -342,8 +346,11 @@ func (ch *channel) ExchangeDeclare(name, kind string, durable bool, args transpo
 		return ch.failLocked(503, "COMMAND_INVALID - unknown exchange type '%s'", kind)
 	}
 	if ex := b.exchanges[name]; ex != nil {
-		if ex.kind != kind || ex.durable != durable || !sameArgs(ex.args, args) {
-			return ch.failLocked(406, "PRECONDITION_FAILED - inequivalent arg for exchange '%s' in vhost '/'", name)
+		if ex.kind != kind {
+			return ch.failLocked(406, "PRECONDITION_FAILED - inequivalent arg 'type' for exchange '%s' in vhost '/': received '%s' but current is '%s'", name, kind, ex.kind)
+		}
+		if diff := argsDiff(ex.durable, durable, ex.args, args, false); diff != "" {
+			return ch.failLocked(406, "PRECONDITION_FAILED - inequivalent arg %s", strings.Replace(diff, "%s", "exchange '"+name+"'", 1))
 		}
 		return nil
 	}
@@ -351,8 +358,30 @@ func (ch *channel) ExchangeDeclare(name, kind string, durable bool, args transpo
 	return nil
 }
 
+// ExchangeDeclarePassive implements [transport.ExchangeChecker]: nil when the
+// exchange exists; otherwise, like RabbitMQ, a 404 NOT_FOUND channel error
+// ("NOT_FOUND - no exchange 'name' in vhost '/'") that closes the channel. It
+// waits while [Broker.HangChannels] holds RPCs.
+func (ch *channel) ExchangeDeclarePassive(name string) error {
+	b, err := ch.lock()
+	defer b.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if name != "" && b.exchanges[name] == nil {
+		return ch.failLocked(404, "NOT_FOUND - no exchange '%s' in vhost '/'", name)
+	}
+	return nil
+}
+
 // QueueDeclare implements [transport.Channel]. Server-named queues (name "")
-// are not supported. It waits while [Broker.HangChannels] holds RPCs.
+// are not supported. Declaring a queue that exists with other properties
+// fails like RabbitMQ does, with a 406 PRECONDITION_FAILED channel error that
+// closes the channel and whose reply text names the first argument in
+// conflict, for example "PRECONDITION_FAILED - inequivalent arg
+// 'x-queue-type' for queue 'q' in vhost '/': received 'quorum' but current is
+// 'classic'" (see [Broker.DeclareQueue]). It waits while
+// [Broker.HangChannels] holds RPCs.
 func (ch *channel) QueueDeclare(name string, durable bool, args transport.Table) error {
 	b, err := ch.lock()
 	defer b.mu.Unlock()
@@ -363,8 +392,8 @@ func (ch *channel) QueueDeclare(name string, durable bool, args transport.Table)
 		return ch.failLocked(403, "ACCESS_REFUSED - server-named queues are not supported by mlproducertest")
 	}
 	if q := b.queues[name]; q != nil {
-		if q.durable != durable || !sameArgs(q.args, args) {
-			return ch.failLocked(406, "PRECONDITION_FAILED - inequivalent arg for queue '%s' in vhost '/'", name)
+		if diff := argsDiff(q.durable, durable, q.args, args, true); diff != "" {
+			return ch.failLocked(406, "PRECONDITION_FAILED - inequivalent arg %s", strings.Replace(diff, "%s", "queue '"+name+"'", 1))
 		}
 		return nil
 	}
@@ -462,13 +491,20 @@ func (ch *channel) Publish(ctx context.Context, exName, key string, mandatory bo
 	b.published++
 	queues := b.route(ex, key)
 	if !ch.confirm {
-		storeLocked(queues, exName, key, &msg)
+		storeLocked(slices.DeleteFunc(slices.Clone(queues), (*queue).rejects), exName, key, &msg)
 		return 0, nil
 	}
 	now, f := time.Now(), b.faults
 	nack := b.nackNext > 0 || b.chance(f.NackRate)
 	if b.nackNext > 0 {
 		b.nackNext--
+	}
+	// A queue at its x-max-length that rejects publishes (x-overflow
+	// reject-publish or reject-publish-dlx) makes the broker nack; the
+	// queues with room still get the message, as on RabbitMQ.
+	if !nack && rejectingLocked(queues) {
+		nack = true
+		storeLocked(slices.DeleteFunc(slices.Clone(queues), (*queue).rejects), exName, key, &msg)
 	}
 	lost := false
 	switch {
@@ -502,9 +538,32 @@ func (ch *channel) Close() error {
 	return nil
 }
 
-// storeLocked puts a copy of msg in each queue. Called with the broker's lock held.
+// storeLocked puts a copy of msg in each queue; a queue at its x-max-length
+// drops its oldest message first (x-overflow drop-head, RabbitMQ's default;
+// dead-lettering is not modelled). Called with the broker's lock held.
 func storeLocked(queues []*queue, exName, key string, msg *transport.Publishing) {
 	for _, q := range queues {
+		if max, ok := q.maxLength(); ok && int64(len(q.msgs)) >= max {
+			q.msgs = slices.Delete(q.msgs, 0, len(q.msgs)-int(max)+1)
+		}
 		q.msgs = append(q.msgs, copyDelivery(Delivery{Exchange: exName, RoutingKey: key, Publishing: *msg}))
 	}
+}
+
+// maxLength returns the queue's x-max-length, if it has one.
+func (q *queue) maxLength() (int64, bool) {
+	n, ok := normArg(q.args["x-max-length"]).(int64)
+	return max(n, 0), ok
+}
+
+// rejects reports whether the queue is full and refuses new messages.
+func (q *queue) rejects() bool {
+	max, ok := q.maxLength()
+	o := q.args["x-overflow"]
+	return ok && int64(len(q.msgs)) >= max && (o == "reject-publish" || o == "reject-publish-dlx")
+}
+
+// rejectingLocked reports whether any of the queues refuses a new message.
+func rejectingLocked(queues []*queue) bool {
+	return slices.ContainsFunc(queues, (*queue).rejects)
 }

@@ -283,6 +283,8 @@ func (c *amqpConn) CloseDeadline(deadline time.Time) error {
 	return err
 }
 
+var _ ExchangeChecker = (*amqpChannel)(nil)
+
 type amqpChannel struct {
 	ch            *amqp.Channel
 	raw           *watchedConn
@@ -297,6 +299,12 @@ func (c *amqpChannel) EndBatch() error { return c.raw.uncork() }
 
 func (c *amqpChannel) ExchangeDeclare(name, kind string, durable bool, args Table) error {
 	return c.ch.ExchangeDeclare(name, kind, durable, false, false, false, amqp.Table(args))
+}
+
+// ExchangeDeclarePassive implements [ExchangeChecker]. RabbitMQ ignores the
+// kind and flags of a passive declare, so they are not asked for.
+func (c *amqpChannel) ExchangeDeclarePassive(name string) error {
+	return c.ch.ExchangeDeclarePassive(name, "direct", true, false, false, false, nil)
 }
 
 func (c *amqpChannel) QueueDeclare(name string, durable bool, args Table) error {

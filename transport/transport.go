@@ -87,6 +87,19 @@ type Channel interface {
 	Close() error
 }
 
+// ExchangeChecker is implemented by a [Channel] that can check that an
+// exchange exists without declaring it (exchange.declare with passive set).
+// The Producer uses it at each connection when it declares nothing
+// (Topology.NoDeclare), so that a missing exchange is reported as such
+// rather than as a failure of every publish. Both implementations of this
+// module (amqp091-go's and package mlproducertest's) implement it.
+type ExchangeChecker interface {
+	// ExchangeDeclarePassive returns nil when the exchange name exists.
+	// When it does not, the broker answers 404 NOT_FOUND ([ReplyCode]
+	// gives 404) and closes the channel, as for any channel error.
+	ExchangeDeclarePassive(name string) error
+}
+
 // Batcher is implemented by a [Channel] that can coalesce the publishings
 // made between BeginBatch and EndBatch into fewer socket writes. Writes made
 // meanwhile by other users of the connection are held too, so a batch must be
