@@ -98,10 +98,12 @@
 // within the reconnect backoff's maximum once the broker is back. A caller's
 // cancelled ctx or an invalid task never counts.
 //
-// [Producer.Ready] means "can take a message": not ready when closing or
-// closed, when the buffer is full, or, without a buffer, while there is no
-// usable connection or the breaker is open. A broker outage alone does not
-// take every replica out of its load balancer.
+// [Producer.Ready] means "can take a message and send it": not ready when
+// closing or closed, when the buffer is full, when the spool cannot write,
+// while the broker refuses the topology (a configuration error: what it
+// takes could never be sent until the configuration is fixed), or, without a
+// buffer, while there is no usable connection or the breaker is open. A
+// broker outage alone does not take every replica out of its load balancer.
 //
 // Every health-check interval ([WithHealthCheckInterval]) the Producer makes a
 // real round trip to the broker; a failure forces a reconnect. When the

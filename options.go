@@ -71,7 +71,6 @@ type config struct {
 	healthInterval    time.Duration
 	maxInFlight       int
 	topology          Topology
-	topo              *topoState // what the supervisor knows of a configuration error
 	logger            *slog.Logger
 	tlsConfig         *tls.Config
 	tlsSet            bool // WithTLSConfig was given, even with nil
@@ -107,7 +106,6 @@ func defaultConfig() config {
 		healthInterval:    30 * time.Second,
 		maxInFlight:       4096,
 		topology:          defaultTopology(),
-		topo:              &topoState{},
 		appID:             "mlproducer",
 		connectionName:    "mlproducer",
 		limits:            defaultTaskLimits(),

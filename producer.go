@@ -161,6 +161,7 @@ type Producer struct {
 	state     ConnectionState
 	stateCh   chan struct{} // closed and replaced at every state change
 	lastErr   string
+	cfgErr    string // the configuration error in force (a declare refused), "" when none
 	url       string
 	ever      bool
 	collector prometheus.Collector

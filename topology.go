@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mlproducer/mlproducer/transport"
@@ -341,23 +340,11 @@ func replyText(err error) string {
 	return s
 }
 
-// topoState is what the supervisor knows of a configuration error: the last
-// one it logged, so that it logs each once, not at every redial. It is kept
-// by the config (one per Producer, made by defaultConfig) so that readiness
-// can read it.
-type topoState struct {
-	mu  sync.Mutex
-	err string // the configuration error in force, "" when none
-}
-
 // configError returns the configuration error in force, or "".
 func (p *Producer) configError() string {
-	if p.cfg.topo == nil {
-		return ""
-	}
-	p.cfg.topo.mu.Lock()
-	defer p.cfg.topo.mu.Unlock()
-	return p.cfg.topo.err
+	p.stmu.Lock()
+	defer p.stmu.Unlock()
+	return p.cfgErr
 }
 
 // noteConfigError reports whether err is a configuration error; if so it
@@ -365,18 +352,15 @@ func (p *Producer) configError() string {
 // same.
 func (p *Producer) noteConfigError(raw string, err error) bool {
 	var te *topologyError
-	if !errors.As(err, &te) || p.cfg.topo == nil {
+	if !errors.As(err, &te) {
 		return false
 	}
 	msg := redactErr(raw, err)
 	p.stmu.Lock()
 	p.lastErr = msg
+	first := p.cfgErr != te.Error()
+	p.cfgErr = te.Error()
 	p.stmu.Unlock()
-	ts := p.cfg.topo
-	ts.mu.Lock()
-	first := ts.err != te.Error()
-	ts.err = te.Error()
-	ts.mu.Unlock()
 	if first {
 		p.log.Error("mlproducer: configuration error; retrying at the reconnect backoff's cap until it is fixed",
 			slog.String("url", redactURL(raw)), slog.String("error", msg),
@@ -390,13 +374,10 @@ func (p *Producer) noteConfigError(raw string, err error) bool {
 // clearConfigError forgets the configuration error once a connection got
 // its topology declared.
 func (p *Producer) clearConfigError() {
-	if p.cfg.topo == nil {
-		return
-	}
-	p.cfg.topo.mu.Lock()
-	had := p.cfg.topo.err != ""
-	p.cfg.topo.err = ""
-	p.cfg.topo.mu.Unlock()
+	p.stmu.Lock()
+	had := p.cfgErr != ""
+	p.cfgErr = ""
+	p.stmu.Unlock()
 	if had {
 		p.log.Info("mlproducer: configuration error resolved; topology declared")
 	}
