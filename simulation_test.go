@@ -149,6 +149,7 @@ type simConfig struct {
 	restarts []simRestart // crashes and Closes, each followed by a New on the dir
 
 	traced bool // publishes traced into a span recorder (invariant 11, sim_trace_test.go)
+	async  bool // some calls are PublishAsync, and publishers Flush (invariant 12, sim_async_test.go)
 }
 
 // liveBound is how long, once every fault is lifted and the publishers have
@@ -251,6 +252,7 @@ func newSimConfig(rng *rand.Rand) simConfig {
 	}
 	// Drawn last, so that the draws above stay those of older seeds.
 	c.traced = rng.IntN(3) == 0
+	c.async = rng.IntN(3) == 0
 	return c
 }
 
@@ -288,6 +290,9 @@ func (c simConfig) String() string {
 	if c.traced {
 		s += "; traced"
 	}
+	if c.async {
+		s += "; async"
+	}
 	return s
 }
 
@@ -306,6 +311,10 @@ type simCall struct {
 	poison   bool // body over the broker's maximum message size
 	racer    bool
 	gen      int // the Producer it was made on (spool schedules restart it)
+
+	async    bool                 // a PublishAsync call (sim_async_test.go)
+	dlv      *mlproducer.Delivery // its Delivery, if taken
+	asyncSeq int64                // its order among the async calls taken
 }
 
 // simDead is one call of the dead-letter hook.
@@ -477,6 +486,10 @@ type simState struct {
 	dead   []simDead
 
 	tracing *simTracing // a traced schedule's recorder; nil otherwise
+
+	asyncSeq   atomic.Int64
+	asyncMu    sync.Mutex
+	asyncCalls []*simCall // the async calls taken, in asyncSeq order
 
 	blockEpisodes, stallEpisodes int         // fault goroutine only
 	opDials                      []time.Time // dials of the operator (declareTopology), fault goroutine only
@@ -950,6 +963,9 @@ func (s *simState) publisher(i int, rng *rand.Rand, stop <-chan struct{}) []*sim
 		if rng.IntN(8) > 0 {
 			time.Sleep(time.Duration(rng.Int64N(2*int64(s.cfg.pubGap) + 1)))
 		}
+		if s.cfg.async && rng.IntN(40) == 0 {
+			s.flush(rng.Int64N(int64(4*s.cfg.confirmTimeout)) + 1)
+		}
 		c := &simCall{k: i*1_000_000 + j}
 		out = append(out, c)
 		s.call(c, rng)
@@ -1018,7 +1034,14 @@ func (s *simState) call(c *simCall, rng *rand.Rand) {
 	g := s.cur.Load()
 	c.gen = g.n
 	c.start = time.Now()
+	async := s.cfg.async && rng.IntN(3) == 0
 	switch r := rng.IntN(10); {
+	case async && !c.poison:
+		c.what, c.typ = "async", simTypes[rng.IntN(len(simTypes))]
+		if dup {
+			c.callerID = fmt.Sprintf("dup-%d", rng.IntN(2))
+		}
+		s.publishAsync(ctx, c, g.p, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
 	case dup && !c.poison: // one of two caller ids that many calls share
 		c.what, c.typ, c.callerID = "publish", simTypes[rng.IntN(len(simTypes))], fmt.Sprintf("dup-%d", rng.IntN(2))
 		c.rcpt, c.err = g.p.Publish(ctx, mlproducer.Message{Type: c.typ, ID: c.callerID, Body: []byte(`{"sim":"` + token + `"}`)})
@@ -1339,6 +1362,7 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 		}
 	}
 	s.checkTracing(calls, dead)
+	s.checkAsync(calls, stored, dead)
 	if cfg.spool {
 		s.checkSpool(calls, byK, dead)
 	} else if st.Accepted != uint64(accepted) || st.DeadLettered != uint64(len(deadList)) || st.Confirmed+st.DeadLettered != uint64(accepted) {
@@ -1365,6 +1389,13 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 	for _, c := range calls {
 		limit := c.start.Add(cfg.confirmTimeout)
 		why := "the confirm timeout"
+		if c.async {
+			// Its ctx bounds the hand-off, which may wait for room.
+			if c.deadline.IsZero() && c.cancelAt.Load() == 0 {
+				continue
+			}
+			limit, why = c.start.Add(24*time.Hour), "its ctx"
+		}
 		if !c.deadline.IsZero() && c.deadline.Before(limit) {
 			limit, why = c.deadline, "its ctx deadline"
 		}
