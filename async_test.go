@@ -147,35 +147,42 @@ func TestPublishAsyncUnderFaults(t *testing.T) {
 	})
 }
 
-// While the Producer holds all it may, PublishAsync waits for room: it
-// returns ctx's error at its deadline, having taken nothing, and goes on as
-// soon as a confirm makes room.
+// PublishAsync waits for room instead of refusing: on a live connection for a
+// slot of the in-flight window (it does not fill the retry queue, which would
+// only delay what follows), without one for room in the buffer. At its ctx's
+// deadline it returns ctx's error, having taken nothing; a confirm that makes
+// room lets a waiting call go on.
 func TestPublishAsyncBackPressure(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
-		p := newFake(t, b, mlproducer.WithMaxInFlight(4), mlproducer.WithRetryQueueCapacity(6, 1<<20))
+		p := newFake(t, b, mlproducer.WithMaxInFlight(4), mlproducer.WithRetryQueueCapacity(6, 1<<20),
+			mlproducer.WithConfirmTimeout(time.Hour))
 		waitConnected(t, p)
 		b.HoldConfirms(true)
-		for i := range 10 {
+		for i := range 4 {
 			_, err := p.PublishAsync(context.Background(), asyncMsg(i))
-			require.NoError(t, err, "publish %d: within the window plus the buffer", i)
+			require.NoError(t, err, "publish %d: within the window", i)
 		}
-		// Publish refuses at once; PublishAsync waits until its ctx ends.
-		_, err := p.Publish(context.Background(), asyncMsg(10))
-		require.ErrorIs(t, err, mlproducer.ErrRetryQueueFull)
-		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
-		start := time.Now()
-		_, err = p.PublishAsync(ctx, asyncMsg(11))
-		cancel()
-		require.ErrorIs(t, err, context.DeadlineExceeded)
-		assert.Equal(t, 300*time.Millisecond, time.Since(start), "it waited until its deadline, no longer")
-		assert.EqualValues(t, 10, p.Status().Accepted, "the refused calls took nothing")
+		expire := func(what string) {
+			t.Helper()
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			defer cancel()
+			start := time.Now()
+			_, err := p.PublishAsync(ctx, asyncMsg(99))
+			require.ErrorIs(t, err, context.DeadlineExceeded, what)
+			assert.Equal(t, 300*time.Millisecond, time.Since(start), "%s: it waited until its deadline, no longer", what)
+		}
+		expire("window full")
+		assert.Zero(t, p.Status().RetryQueueSize, "the retry queue was not filled")
+		// Publish, which does not wait, still goes to the buffer.
+		r, err := p.Publish(context.Background(), asyncMsg(5))
+		require.NoError(t, err)
+		assert.Equal(t, mlproducer.Queued, r.State)
 
 		got := make(chan *mlproducer.Delivery, 1)
 		go func() {
-			d, err := p.PublishAsync(context.Background(), mlproducer.Message{Type: mlproducer.TaskEmbedding, Body: []byte(`{"n":12}`)},
-				mlproducer.WithMessageID("after-room"))
+			d, err := p.PublishAsync(context.Background(), asyncMsg(12), mlproducer.WithMessageID("after-room"))
 			assert.NoError(t, err)
 			got <- d
 		}()
@@ -187,9 +194,26 @@ func TestPublishAsyncBackPressure(t *testing.T) {
 		}
 		b.HoldConfirms(false)
 		d := <-got
-		r, err := d.Wait(context.Background())
+		r, err = d.Wait(context.Background())
 		require.NoError(t, err)
 		assert.Equal(t, mlproducer.Confirmed, r.State)
+		require.NoError(t, p.Flush(context.Background()))
+
+		// Without a connection: the retry queue takes them until it is full,
+		// then PublishAsync waits.
+		b.RefuseDials(errors.New("down"))
+		b.DropConnections(nil)
+		for p.Status().ConnectionState == mlproducer.Connected {
+			time.Sleep(time.Millisecond)
+		}
+		for i := range 6 {
+			_, err := p.PublishAsync(context.Background(), asyncMsg(20+i))
+			require.NoError(t, err, "publish %d: within the retry queue's capacity", i)
+		}
+		expire("buffer full")
+		assert.EqualValues(t, 4+1+1+6, p.Status().Accepted, "the refused calls took nothing")
+		b.RefuseDials(nil)
+		require.NoError(t, p.Flush(context.Background()))
 		require.NoError(t, closeProducer(t, p))
 	})
 }

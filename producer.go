@@ -473,8 +473,32 @@ func (p *Producer) handOff(done func(error), m *message) (waits bool, err error)
 		p.disown()
 		return false, errNoRoom
 	}
+	// unhold undoes hold without signalling room: the room it makes is not
+	// room for m, and a PublishAsync waiting for it would wake itself.
+	unhold := func() {
+		p.admit.RUnlock()
+		notSent(done)
+		p.held.Add(-1)
+		p.heldBytes.Add(-int64(size))
+		p.disown()
+	}
+	s := p.liveSession()
+	reserved := false
+	if s != nil && done != nil && m.dlv != nil {
+		// PublishAsync on a live connection takes its slot of the window
+		// first, and waits for one rather than filling the retry queue,
+		// which would only delay every message behind it.
+		if !s.reserve() {
+			unhold()
+			return false, errNoRoom
+		}
+		reserved = true
+	}
 	if p.spool != nil {
 		if err := p.spool.put(m); err != nil {
+			if reserved {
+				s.release()
+			}
 			p.admit.RUnlock()
 			notSent(done)
 			p.release(size)
@@ -486,23 +510,20 @@ func (p *Producer) handOff(done func(error), m *message) (waits bool, err error)
 	} else {
 		m.acc = p.acc.Add(1)
 	}
-	s := p.liveSession()
 	if s != nil && m.done == nil && m.dlv == nil {
 		// Only a caller that may wait needs the channel; a message that
 		// goes straight to the retry queue is kept without it.
 		m.done = make(chan struct{})
 	}
 	p.flush.add(1)
-	if s == nil || !s.tryEnqueue(m, done) {
+	if reserved {
+		s.enqueue(m, done) // back to the retry queue if the session died meanwhile
+	} else if s == nil || !s.tryEnqueue(m, done) {
 		notSent(done)
 		if !p.enqueueRetry(m) {
 			p.flush.final(m.acc)
-			p.admit.RUnlock()
-			// Not release: the room this makes is not room for m, and a
-			// PublishAsync waiting for it would wake itself.
-			p.held.Add(-1)
-			p.heldBytes.Add(-int64(size))
-			p.disown()
+			done = nil // given back above
+			unhold()
 			return false, errNoRoom
 		}
 		p.admit.RUnlock()

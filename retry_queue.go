@@ -300,9 +300,14 @@ func (p *Producer) flushDeadLetters() {
 	}
 }
 
+// wakeRetry wakes the retry loop, and a PublishAsync waiting for room: it
+// is called wherever a message or a slot of the window may have moved (an
+// attempt failed or was requeued, a connection came or went, the breaker or
+// the broker's flow control changed).
 func (p *Producer) wakeRetry() {
 	select {
 	case p.retryWake <- struct{}{}:
 	default:
 	}
+	p.room.signal()
 }

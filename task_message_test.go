@@ -58,7 +58,7 @@ func TestTaskMessagesMatchTheTypedMethods(t *testing.T) {
 			assert.Equal(t, msg.ID, viaMsg.MessageID, "the body's messageId is the message's ID")
 			assert.Equal(t, msg.ID, got[0].MessageID, "and its AMQP message_id")
 			viaMsg.MessageID, viaTyped.MessageID = "", ""
-			viaMsg.CreatedAt, viaTyped.CreatedAt = viaTyped.CreatedAt, viaTyped.CreatedAt
+			viaMsg.CreatedAt = viaTyped.CreatedAt
 			assert.Equal(t, viaTyped, viaMsg, q)
 		}
 		require.NoError(t, closeProducer(t, p))
