@@ -262,16 +262,12 @@ func (j *job) publishAll(ctx context.Context, in io.Reader) (interrupted bool) {
 	lines, quit, done := readLines(in, j.cfg.maxLineBytes)
 	defer func() {
 		close(quit)
-		if interrupted {
-			// A read of stdin may be blocked until the next line: do
-			// not wait for it long.
-			select {
-			case <-done:
-			case <-time.After(time.Second):
-			}
-		} else {
+		if !interrupted {
 			<-done
 		}
+		// Interrupted, a read of stdin may be blocked until the next
+		// line or the end of the input: the reader then returns when it
+		// does (with the process, for the command).
 	}()
 	for {
 		var l line

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -22,7 +23,16 @@ import (
 	"github.com/mlproducer/mlproducer/mlproducertest"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv("BACKFILL_TEST_MAIN") == "1" {
+		// TestSignal's child: the command itself, on a fake broker.
+		b := mlproducertest.NewBroker()
+		code := mainWith(mlproducer.WithDialer(b))
+		b.Close()
+		os.Exit(code)
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // env is a getenv over a map.
 func env(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
@@ -216,6 +226,55 @@ func TestFakeInterrupt(t *testing.T) {
 	}
 	if !strings.Contains(r.stdout, "10 lines: 10 published, 10 confirmed, 0 dead-lettered, 0 refused, 0 unconfirmed") {
 		t.Errorf("summary %q", r.stdout)
+	}
+}
+
+// A real SIGINT to the process: it stops reading stdin (still open),
+// flushes, prints the counts and exits 130.
+func TestSignal(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-progress", "lines", "-interval", "20ms")
+	cmd.Env = append(os.Environ(), "BACKFILL_TEST_MAIN=1")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		fmt.Fprintln(stdin, doc(fmt.Sprint("s-", i), "x"))
+	}
+	// Wait until the progress says all ten are done (confirmed).
+	var errText strings.Builder
+	sc := bufio.NewScanner(stderr)
+	for sc.Scan() {
+		fmt.Fprintln(&errText, sc.Text())
+		if strings.Contains(sc.Text(), "backfill: 10/? lines") {
+			break
+		}
+	}
+	if err := cmd.Process.Signal(os.Interrupt); err != nil {
+		t.Fatal(err)
+	}
+	for sc.Scan() {
+		fmt.Fprintln(&errText, sc.Text())
+	}
+	err = cmd.Wait()
+	t.Logf("stdout: %s\nstderr: %s", stdout.String(), errText.String())
+	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted {
+		t.Fatalf("exit %d (%v), want %d", code, err, exitInterrupted)
+	}
+	if !strings.Contains(stdout.String(), "10 lines: 10 published, 10 confirmed, 0 dead-lettered, 0 refused, 0 unconfirmed") {
+		t.Errorf("summary %q", stdout.String())
 	}
 }
 

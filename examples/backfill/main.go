@@ -43,15 +43,22 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/mlproducer/mlproducer"
 )
 
-func main() {
+func main() { os.Exit(mainWith()) }
+
+// mainWith is main with extra Producer options (a test's fake broker): the
+// process's arguments, streams, environment and signals.
+func mainWith(extra ...mlproducer.Option) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	go func() {
 		// After the first signal, a second one gets the default action:
 		// exit at once, without waiting for the flush.
 		<-ctx.Done()
 		stop()
 	}()
-	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
+	return runWith(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv, extra...)
 }
