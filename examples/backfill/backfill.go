@@ -145,6 +145,7 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 		in = f
 	}
 
+	// From here on stderr is shared with the Producer's log: through con.
 	con := newConsole(stderr)
 	lookup := func(name string) (string, bool) {
 		v := getenv(name)
@@ -152,7 +153,7 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}
 	envOpts, err := mlproducer.OptionsFromLookup(lookup)
 	if err != nil {
-		fmt.Fprintln(stderr, "backfill:", err)
+		con.printf("backfill: %v\n", err)
 		return exitUsage
 	}
 	logger := slog.New(slog.NewTextHandler(con, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -162,7 +163,7 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	}, envOpts...)
 	p, err := mlproducer.New(append(opts, extra...)...)
 	if err != nil {
-		fmt.Fprintln(stderr, "backfill:", err)
+		con.printf("backfill: %v\n", err)
 		return exitUsage
 	}
 	closed := false
@@ -182,10 +183,10 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	cancel()
 	if err != nil {
 		if ctx.Err() != nil {
-			fmt.Fprintln(stderr, "backfill: interrupted before the broker was reachable")
+			con.printf("backfill: interrupted before the broker was reachable\n")
 			return exitInterrupted
 		}
-		fmt.Fprintf(stderr, "backfill: no broker at %s within %v: %v\n", p.Status().URL, cfg.connectTimeout, err)
+		con.printf("backfill: no broker at %s within %v: %v\n", p.Status().URL, cfg.connectTimeout, err)
 		return exitUsage
 	}
 
@@ -210,10 +211,10 @@ func runWith(ctx context.Context, args []string, stdin io.Reader, stdout, stderr
 	rep.stop()
 
 	if flushErr != nil {
-		fmt.Fprintln(stderr, "backfill: flush:", flushErr)
+		con.printf("backfill: flush: %v\n", flushErr)
 	}
 	if closeErr != nil {
-		fmt.Fprintln(stderr, "backfill: close:", closeErr)
+		con.printf("backfill: close: %v\n", closeErr)
 	}
 	c := &j.c
 	rate := 0.0

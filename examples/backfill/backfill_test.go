@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -318,6 +319,17 @@ func TestFakeProgress(t *testing.T) {
 				t.Errorf("stderr %q: want %q and %q", r.stderr, want, re)
 			}
 		})
+	}
+}
+
+// No broker within -connect-timeout is a setup error (2), before reading.
+func TestFakeNoBroker(t *testing.T) {
+	b := mlproducertest.NewBroker()
+	defer b.Close()
+	b.RefuseDials(errors.New("connection refused"))
+	r := runFake(t, context.Background(), b, nil, strings.NewReader(doc("a", "x")), "-connect-timeout", "100ms")
+	if r.code != exitUsage || !strings.Contains(r.stderr, "no broker at ") || b.Published() != 0 {
+		t.Fatalf("exit %d, stderr %q, %d published", r.code, r.stderr, b.Published())
 	}
 }
 
