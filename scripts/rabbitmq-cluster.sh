@@ -7,8 +7,8 @@
 #               until all three run and are clustered, or fails with a message
 #   down        stop the three nodes and remove their directory
 #   status      say which nodes run and what the cluster looks like
-#   stop N      stop node N (1..3), keeping its data
-#   start N     start node N again and wait until it runs
+#   stop N...   stop node N (1..3; several at once), keeping its data
+#   start N...  start node N again (several at once) and wait until they run
 #   pid N       print the OS pid of node N's Erlang VM (to SIGSTOP/SIGCONT it)
 #   ctl N ARGS  run rabbitmqctl ARGS against node N (with the cluster's cookie)
 #   urls        print the three amqp URLs, comma-separated
@@ -107,6 +107,15 @@ running() {
   [[ "$out" == true ]]
 }
 
+# amqp_up N: node N answers the AMQP 0-9-1 protocol header with a frame (its
+# listener starts last in the boot, once the node has rejoined the cluster).
+# Much cheaper than a rabbitmqctl call, which boots an Erlang VM.
+amqp_up() {
+  local first
+  first=$(timeout 3 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$0" && printf "AMQP\x00\x00\x09\x01" >&3 && head -c 1 <&3 | od -An -tx1' "$(amqp_port "$1")" 2>/dev/null) || return 1
+  [[ "${first// /}" == 01 ]]
+}
+
 # pinging N: the Erlang node answers (rabbit may be stopped or booting).
 pinging() {
   node_env "$1" timeout 15 "$bindir/rabbitmqctl" -n "$(node_name "$1")" -q ping >/dev/null 2>&1
@@ -151,7 +160,6 @@ listeners.tcp.1 = 127.0.0.1:$(amqp_port "$n")
 loopback_users.guest = true
 log.file.level = info
 log.console = false
-cluster_partition_handling = pause_minority
 EOF
     echo '[].' >"$d/enabled_plugins"
   done
@@ -160,7 +168,7 @@ EOF
 # start_node N: starts node N detached unless it already runs (does not wait).
 start_node() {
   local n=$1
-  if pinging "$n"; then
+  if beam_pid "$n" >/dev/null || pinging "$n"; then
     return 0
   fi
   local d; d=$(node_dir "$n")
@@ -173,7 +181,7 @@ start_node() {
 wait_running() {
   local start=$SECONDS n
   for n in "$@"; do
-    until running "$n"; do
+    until amqp_up "$n"; do
       if (( SECONDS - start >= timeout_s )); then
         local log; log=$(ls -t "$(node_dir "$n")"/log/*.log 2>/dev/null | head -n 1 || true)
         [[ -n "$log" ]] && { echo "--- last lines of $log:" >&2; tail -n 25 "$log" >&2; }
@@ -184,24 +192,31 @@ wait_running() {
   done
 }
 
-# stop_node N: stops node N (the Erlang VM), by rabbitmqctl stop, else by signal.
+# stop_node N: stops node N (the Erlang VM). SIGTERM makes the VM shut
+# rabbit down cleanly (init:stop), as rabbitmqctl stop does, without the cost
+# of a rabbitmqctl call; SIGKILL after timeout_s.
 stop_node() {
   local n=$1 p=""
   p=$(beam_pid "$n") || p=""
-  if pinging "$n"; then
-    ctl "$n" stop >/dev/null 2>&1 || true
+  if [[ -z "$p" ]]; then
+    # No pid file (a half-started node): ask the node itself.
+    if pinging "$n"; then ctl "$n" stop >/dev/null 2>&1 || true; fi
+    ! pinging "$n" || die "$(node_name "$n") still answers after rabbitmqctl stop"
+    return 0
   fi
-  if [[ -n "$p" ]]; then
-    kill -CONT "$p" 2>/dev/null || true # a paused node cannot stop
-    local i
-    for i in $(seq 1 100); do
-      kill -0 "$p" 2>/dev/null || break
-      (( i == 40 )) && kill -TERM "$p" 2>/dev/null
-      (( i == 80 )) && kill -KILL "$p" 2>/dev/null
-      sleep 0.25
-    done
-  fi
-  ! pinging "$n" || die "$(node_name "$n") still answers after stop"
+  kill -CONT "$p" 2>/dev/null || true # a paused node cannot stop
+  kill -TERM "$p" 2>/dev/null || true
+  local start=$SECONDS
+  while kill -0 "$p" 2>/dev/null; do
+    if (( SECONDS - start >= timeout_s )); then
+      say "$(node_name "$n") (pid $p) still runs ${timeout_s}s after SIGTERM: SIGKILL"
+      kill -KILL "$p" 2>/dev/null || true
+      sleep 1
+      break
+    fi
+    sleep 0.1
+  done
+  rm -f "$(node_dir "$n")/pid"
 }
 
 wipe() {
@@ -287,9 +302,20 @@ flock -w $((timeout_s * 3)) 9 || die "timed out waiting for the lock $lock_file 
 case "$cmd" in
   up) cmd_up ;;
   down) wipe; say "cluster down, $base removed" ;;
-  stop) check_node "${2:-}"; [[ -d "$base" ]] || die "no cluster at $base; run: $0 up"; stop_node "$2"; say "$(node_name "$2") stopped" ;;
-  start)
-    check_node "${2:-}"; [[ -d "$base" ]] || die "no cluster at $base; run: $0 up"
-    start_node "$2"; wait_running "$2"; say "$(node_name "$2") running" ;;
-  *) echo "usage: $0 up|down|status|stop N|start N|pid N|ctl N ARGS...|urls|nodes" >&2; exit 2 ;;
+  stop|start)
+    shift
+    (( $# > 0 )) || die "give the nodes to $cmd: 1, 2 or 3"
+    for n in "$@"; do check_node "$n"; done
+    [[ -d "$base" ]] || die "no cluster at $base; run: $0 up"
+    if [[ $cmd == stop ]]; then
+      for n in "$@"; do stop_node "$n" & done
+      wait
+    else
+      # Together: a node that was not the last to stop waits for its peers.
+      for n in "$@"; do start_node "$n"; done
+      wait_running "$@"
+    fi
+    done_word=stopped; [[ $cmd == start ]] && done_word=running
+    for n in "$@"; do say "$(node_name "$n") $done_word"; done ;;
+  *) echo "usage: $0 up|down|status|stop N...|start N...|pid N|ctl N ARGS...|urls|nodes" >&2; exit 2 ;;
 esac

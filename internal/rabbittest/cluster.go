@@ -14,8 +14,8 @@ package rabbittest
 // exclusive: a test that stops nodes must not run in parallel (t.Parallel)
 // with other cluster tests of its package. Code that runs outside a test
 // (the reliability command) takes it with [ClusterLock] and uses the
-// variants that return errors ([ClusterUp], [StopClusterNode],
-// [StartClusterNode], [PauseClusterNode], [ClusterRabbitmqctl]).
+// variants that return errors ([ClusterUp], [StopClusterNodes],
+// [StartClusterNodes], [PauseClusterNode], [ClusterRabbitmqctl]).
 
 import (
 	"context"
@@ -190,21 +190,27 @@ func checkNode(n int) error {
 	return nil
 }
 
-// StopClusterNode stops node n (1..3) and keeps its data; see [StopNode].
-func StopClusterNode(n int) error {
-	if err := checkNode(n); err != nil {
-		return err
-	}
-	_, err := clusterScript(clusterStepTimeout, "stop", strconv.Itoa(n))
-	return err
-}
+// StopClusterNodes stops the nodes (each 1..3) at once and keeps their
+// data; see [StopNode].
+func StopClusterNodes(nodes ...int) error { return nodesCmd("stop", nodes) }
 
-// StartClusterNode starts node n (1..3) again and returns once it runs.
-func StartClusterNode(n int) error {
-	if err := checkNode(n); err != nil {
-		return err
+// StartClusterNodes starts the nodes (each 1..3) at once and returns once
+// they run. Start together the nodes stopped together: a node that was not
+// the last of the cluster to stop waits for its peers when it boots.
+func StartClusterNodes(nodes ...int) error { return nodesCmd("start", nodes) }
+
+func nodesCmd(cmd string, nodes []int) error {
+	if len(nodes) == 0 {
+		return fmt.Errorf("rabbittest: %s which cluster node? give 1..%d", cmd, ClusterNodes)
 	}
-	_, err := clusterScript(clusterStepTimeout, "start", strconv.Itoa(n))
+	args := []string{cmd}
+	for _, n := range nodes {
+		if err := checkNode(n); err != nil {
+			return err
+		}
+		args = append(args, strconv.Itoa(n))
+	}
+	_, err := clusterScript(clusterStepTimeout, args...)
 	return err
 }
 
@@ -218,14 +224,14 @@ func StopNode(t testing.TB, n int) (start func()) {
 	var once sync.Once
 	start = func() {
 		once.Do(func() {
-			if err := StartClusterNode(n); err != nil {
+			if err := StartClusterNodes(n); err != nil {
 				t.Errorf("rabbittest: %v", err)
 			}
 		})
 	}
 	// Registered before the stop: a stop that fails half-way is undone too.
 	t.Cleanup(start)
-	if err := StopClusterNode(n); err != nil {
+	if err := StopClusterNodes(n); err != nil {
 		t.Fatalf("rabbittest: %v", err)
 	}
 	return start
@@ -235,7 +241,7 @@ func StopNode(t testing.TB, n int) (start func()) {
 // stopped with [StopNode] earlier than its cleanup would.
 func StartNode(t testing.TB, n int) {
 	t.Helper()
-	if err := StartClusterNode(n); err != nil {
+	if err := StartClusterNodes(n); err != nil {
 		t.Fatalf("rabbittest: %v", err)
 	}
 }
