@@ -54,7 +54,7 @@ func runner(t *testing.T) *Runner {
 			Publishers:      8, // short settings: a smaller backlog to drain on 2 cores with -race
 			// The cluster's three Erlang VMs share the 2 cores: fewer callers
 			// than the command's 64, so that ctx timers are not starved.
-			ClusterPublishers: 16,
+			ClusterPublishers: 8,
 			ClusterOutage:     8 * time.Second,
 		})
 	})
