@@ -183,9 +183,10 @@ func (c *clusterRun) confirmsResume(limit time.Duration) (time.Duration, bool) {
 	})
 }
 
-// deleteQueues deletes the task queues on the cluster, so that the scenario
-// starts from empty quorum queues with a member on every node.
-func deleteClusterQueues(u string) error {
+// purgeClusterQueues empties the task queues on the cluster, so that the
+// scenario starts from empty queues; they are kept (quorum, a member on
+// every node), as in a deployment.
+func purgeClusterQueues(u string) error {
 	conn, err := amqp.DialConfig(u, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
 	if err != nil {
 		return err
@@ -196,10 +197,10 @@ func deleteClusterQueues(u string) error {
 		if err != nil {
 			return err
 		}
-		_, err = ch.QueueDelete(q, false, false, false)
+		_, err = ch.QueuePurge(q, false)
 		var aerr *amqp.Error
 		if err != nil && !(errors.As(err, &aerr) && aerr.Code == amqp.NotFound) {
-			return fmt.Errorf("delete queue %s: %w", q, err)
+			return fmt.Errorf("purge queue %s: %w", q, err)
 		}
 		_ = ch.Close()
 	}
@@ -226,11 +227,10 @@ func cluster(h *run) {
 	c := &clusterRun{h: h, urls: urls}
 	// The checking consumer reads the cluster's quorum queues instead of
 	// the Runner's virtual host, and only once the faults are over, when
-	// every node runs: a consumer that acknowledges across a queue leader's
-	// restart can settle messages it was never given (RabbitMQ 3.10 reuses
-	// a queue's message ids across leader terms; see rabbitmq-server pull
-	// request 4305), which made the check count as missing, now and then,
-	// messages the cluster had confirmed and then handed out to no one.
+	// every node runs, so that the check does not lean on consumer acks
+	// across a queue leader's restart (on RabbitMQ 3.10 such an ack can
+	// settle a message the consumer was never given: a queue's message ids
+	// repeat across leader terms, see rabbitmq-server pull request 4305).
 	// Messages wait in the queues meanwhile.
 	h.cons.close()
 	consuming := false
@@ -246,8 +246,8 @@ func cluster(h *run) {
 	}
 	h.onFinish(consume)   // after restore: undo runs last registered first
 	h.onFinish(c.restore) // then unlock
-	if err := deleteClusterQueues(urls[0]); err != nil {
-		h.res.failf("deleting the task queues on the cluster: %v", err)
+	if err := purgeClusterQueues(urls[0]); err != nil {
+		h.res.failf("purging the task queues on the cluster: %v", err)
 		return
 	}
 
