@@ -2,15 +2,32 @@
 GO ?= go
 
 .DEFAULT_GOAL := test
-.PHONY: test soak demo bench reliability rabbitmq
+.PHONY: test cluster-test soak demo bench reliability reliability-cluster rabbitmq cluster-up cluster-down
 
 ## test: start (or install) a local RabbitMQ if needed, vet, then the whole suite with -race,
 ## one package at a time (-p 1): the real-broker scenarios judge call latency, and the
-## simulation's schedules in a package beside them would take both cores.
+## simulation's schedules in a package beside them would take both cores. The cluster tests
+## start the local 3-node cluster (scripts/rabbitmq-cluster.sh) when they first need it; it is
+## torn down at the end, whether the suite passed or not.
 test:
 	bash scripts/ensure-rabbitmq.sh
 	$(GO) vet ./...
-	$(GO) test -race -count=1 -p 1 -timeout 8m ./...
+	status=0; $(GO) test -race -count=1 -p 1 -timeout 8m ./... || status=$$?; \
+	bash scripts/rabbitmq-cluster.sh down || true; exit $$status
+
+## cluster-test: only the tests on the local 3-node cluster (started if needed, left running
+## for the next run; `make cluster-down` stops it).
+CLUSTER_TESTS := ^TestCluster
+cluster-test:
+	bash scripts/ensure-rabbitmq.sh
+	bash scripts/rabbitmq-cluster.sh up
+	$(GO) test -race -count=1 -p 1 -timeout 8m -run '$(CLUSTER_TESTS)' . ./internal/rabbittest ./internal/reliability
+
+## cluster-up / cluster-down: start or remove the local 3-node cluster.
+cluster-up:
+	bash scripts/rabbitmq-cluster.sh up
+cluster-down:
+	bash scripts/rabbitmq-cluster.sh down
 
 ## soak: the seeded simulation (TestSimulation) on new random seeds for SOAK (default 30m; one
 ## unit: 90s, 45m, 2h); a failing seed prints itself and its replay command.
@@ -37,6 +54,13 @@ bench:
 reliability:
 	bash scripts/ensure-rabbitmq.sh
 	$(GO) run ./examples/reliability all
+
+## reliability-cluster: the cluster scenario (64 callers, quorum queues, nodes stopped in turn,
+## then no majority for 20 s) on the local 3-node cluster, started if needed.
+reliability-cluster:
+	bash scripts/ensure-rabbitmq.sh
+	bash scripts/rabbitmq-cluster.sh up
+	$(GO) run ./examples/reliability cluster
 
 ## rabbitmq: only make sure the local broker is up.
 rabbitmq:

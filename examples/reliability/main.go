@@ -4,6 +4,7 @@
 //	go run ./examples/reliability all|connection-resilience|message-retry|circuit-breaker|flow-control|broker-restart|partition|chaos [-duration 60s]
 //	go run ./examples/reliability crash [-kills 12]
 //	go run ./examples/reliability long-outage [-outage 2m]
+//	go run ./examples/reliability cluster [-cluster-outage 20s]
 //
 // The last two are about the crash-safe spool (WithSpool) and are not part
 // of "all": crash starts this program again as a publishing child process
@@ -14,6 +15,13 @@
 // for 2 minutes under load and checks that no publish is refused while the
 // spool has room, that everything is delivered after, and how soon the first
 // confirm comes once the broker is back.
+//
+// cluster is not part of "all" either: it runs on the local 3-node cluster
+// of scripts/rabbitmq-cluster.sh (started if needed; `make
+// reliability-cluster`), 64 callers on quorum queues while the Producer's
+// node, then a queue's leader, then every node in turn is stopped and
+// started, then two of the three stay down for 20 s (no majority); it leaves
+// every node running.
 //
 // Each scenario drives a real Producer while a fault hits it, then checks by
 // consuming what arrived that no accepted message was lost, that no publish
@@ -67,13 +75,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 	seed := fs.Uint64("seed", 0, "seed of the chaos scenario's faults and of the crash scenario's kills (0: from the clock)")
 	kills := fs.Int("kills", 12, "least number of SIGKILLs of the crash scenario")
 	outage := fs.Duration("outage", 2*time.Minute, "how long the broker refuses connections in the long-outage scenario")
+	clusterOutage := fs.Duration("cluster-outage", 20*time.Second, "how long two of three nodes stay down in the cluster scenario")
 	verbose := fs.Bool("v", false, "show progress and the Producers' warnings on stderr")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: reliability all|%s [flags]\n\nscenarios (all runs these):\n", strings.Join(append(reliability.Names(), reliability.Extra()...), "|"))
 		for _, n := range reliability.Names() {
 			fmt.Fprintf(stderr, "  %-22s %s\n", n, reliability.Describe(n))
 		}
-		fmt.Fprintln(stderr, "\nscenarios of the spool (WithSpool), run one at a time, not by all:")
+		fmt.Fprintln(stderr, "\nscenarios of the spool (WithSpool) and of the local cluster, run one at a time, not by all:")
 		for _, n := range reliability.Extra() {
 			fmt.Fprintf(stderr, "  %-22s %s\n", n, reliability.Describe(n))
 		}
@@ -115,6 +124,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		Seed:            *seed,
 		CrashKills:      *kills,
 		OutageDuration:  *outage,
+		ClusterOutage:   *clusterOutage,
 	}
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -32,7 +32,9 @@ const (
 // after they are recorded; one redelivered by the broker because its ack was
 // lost is recognised by its redelivered flag and not counted as a duplicate.
 type consumer struct {
-	url string
+	urls      []string             // tried in turn, from the one after the last that failed
+	queueType mlproducer.QueueType // of the queues it declares, as the Producer does
+	next      int                  // index in urls of the next dial; the loop's own
 
 	mu        sync.Mutex
 	seen      map[[16]byte]uint32 // deliveries per ID, broker redeliveries not counted
@@ -55,9 +57,16 @@ type consumer struct {
 // the Producer does. It returns at once; [consumer.waitStarted] waits for the
 // first connection.
 func startConsumer(url string) *consumer {
+	return startConsumerOn([]string{url}, mlproducer.QueueClassic)
+}
+
+// startConsumerOn is startConsumer on the nodes of a cluster (urls, tried in
+// turn) whose queues are of type qt.
+func startConsumerOn(urls []string, qt mlproducer.QueueType) *consumer {
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &consumer{
-		url:       url,
+		urls:      urls,
+		queueType: qt,
 		seen:      make(map[[16]byte]uint32),
 		attempts:  make(map[[16]byte]int32),
 		connected: make(chan struct{}),
@@ -93,6 +102,7 @@ func (c *consumer) loop() {
 	defer close(c.done)
 	for c.ctx.Err() == nil {
 		if err := c.session(); err != nil {
+			c.next++ // the next node, on a cluster
 			c.mu.Lock()
 			c.lastErr = err.Error()
 			c.mu.Unlock()
@@ -110,7 +120,8 @@ func (c *consumer) loop() {
 func (c *consumer) session() error {
 	props := amqp.NewConnectionProperties()
 	props.SetClientConnectionName("mlproducer reliability consumer")
-	conn, err := amqp.DialConfig(c.url, amqp.Config{
+	url := c.urls[c.next%len(c.urls)]
+	conn, err := amqp.DialConfig(url, amqp.Config{
 		Heartbeat:  5 * time.Second,
 		Properties: props,
 		Dial:       amqp.DefaultDial(5 * time.Second),
@@ -131,7 +142,7 @@ func (c *consumer) session() error {
 		if err != nil {
 			return err
 		}
-		if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": string(mlproducer.QueueClassic)}); err != nil {
+		if _, err := ch.QueueDeclare(q, true, false, false, false, amqp.Table{"x-queue-type": string(c.queueType)}); err != nil {
 			return err
 		}
 		if err := ch.Qos(consumerPrefetch, 0, false); err != nil {

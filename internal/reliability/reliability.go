@@ -151,6 +151,12 @@ type Config struct {
 	// OutageDuration is how long the broker refuses connections in the
 	// long-outage scenario. Default 2 minutes.
 	OutageDuration time.Duration
+	// ClusterPublishers is the number of publisher goroutines of the
+	// cluster scenario. Default 64.
+	ClusterPublishers int
+	// ClusterOutage is how long two of the cluster's three nodes stay down
+	// in the cluster scenario. Default 20 s.
+	ClusterOutage time.Duration
 	// Logger is the Producers' logger. Default: their logs are discarded.
 	Logger *slog.Logger
 	// Logf receives progress messages, one call per line, from the
@@ -176,6 +182,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.OutageDuration <= 0 {
 		c.OutageDuration = 2 * time.Minute
+	}
+	if c.ClusterPublishers <= 0 {
+		c.ClusterPublishers = 64
+	}
+	if c.ClusterOutage <= 0 {
+		c.ClusterOutage = 20 * time.Second
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}
@@ -386,5 +398,6 @@ func scenarios() []scenario {
 		{Chaos, "random resets, black holes, latency and close_all_connections", lockShared, chaos, false},
 		{Crash, "spool: publisher process killed with SIGKILL 12+ times (mid-outage, mid-Close), restarted on its dir", lockShared, crash, true},
 		{LongOutage, "spool: broker refusing connections for 2 minutes under load; no refusal, all delivered", lockShared, longOutage, true},
+		{Cluster, "local 3-node cluster, quorum queues: the Producer's node, a leader, a rolling restart, then no majority for 20 s", lockShared, cluster, true},
 	}
 }

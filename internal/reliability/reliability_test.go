@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/mlproducer/mlproducer/internal/rabbittest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(closeRunner{m}) }
@@ -50,6 +52,10 @@ func runner(t *testing.T) *Runner {
 			ChaosDuration:   20 * time.Second,
 			ChaosPublishers: 64,
 			Publishers:      8, // short settings: a smaller backlog to drain on 2 cores with -race
+			// The cluster's three Erlang VMs share the 2 cores: fewer callers
+			// than the command's 64, so that ctx timers are not starved.
+			ClusterPublishers: 8,
+			ClusterOutage:     8 * time.Second,
 		})
 	})
 	if shared.err != nil {
@@ -113,6 +119,16 @@ func TestChaos(t *testing.T) {
 	}
 }
 
+// The cluster scenario on the local 3-node cluster (started if needed; in
+// CI the test fails without it), with an 8 s majority outage instead of 20 s.
+func TestCluster(t *testing.T) {
+	rabbittest.RequireCluster(t)
+	res := runScenario(t, Cluster)
+	if res.Accepted == 0 || res.TimeToRecover == 0 {
+		t.Errorf("nothing measured: %+v", res)
+	}
+}
+
 func TestUnknownScenario(t *testing.T) {
 	res := (&Runner{}).Run(context.Background(), "no-such-scenario")
 	if res.Pass || len(res.Failures) == 0 || !strings.Contains(res.Failures[0], ConnectionResilience) {
@@ -126,8 +142,8 @@ func TestNames(t *testing.T) {
 	if strings.Join(names, ",") != strings.Join(want, ",") {
 		t.Errorf("Names() = %v, want %v", names, want)
 	}
-	if extra := Extra(); strings.Join(extra, ",") != Crash+","+LongOutage {
-		t.Errorf("Extra() = %v, want %v", extra, []string{Crash, LongOutage})
+	if extra := Extra(); strings.Join(extra, ",") != Crash+","+LongOutage+","+Cluster {
+		t.Errorf("Extra() = %v, want %v", extra, []string{Crash, LongOutage, Cluster})
 	}
 	for _, n := range append(names, Extra()...) {
 		if Describe(n) == "" {

@@ -32,7 +32,8 @@ const (
 )
 
 // Extra returns the names of the scenarios that "all" does not run, because
-// they take long or start child processes: [Crash] and [LongOutage].
+// they take long, start child processes or need the local cluster: [Crash],
+// [LongOutage] and [Cluster].
 func Extra() []string {
 	var out []string
 	for _, s := range scenarios() {
