@@ -18,7 +18,7 @@ import (
 
 const (
 	rawExchange = "bench.raw"
-	rawQueue    = "bench.raw"
+	rawQueue    = "bench.raw" // with its type: bench.raw.classic, bench.raw.quorum
 	// taskQueue is where the Producer's summarization tasks land (its
 	// default topology: exchange ml.tasks, queue ml.summarization).
 	taskQueue = "ml.summarization"
@@ -144,17 +144,17 @@ func (a *admin) do(op func(ch *amqp.Channel) error) error {
 	return op(ch)
 }
 
-// declareRaw declares the raw cases' durable direct exchange and durable
-// classic queue, bound with the queue's name.
-func (a *admin) declareRaw() error {
+// declareRaw declares the raw cases' durable direct exchange and a durable
+// queue of the type (classic or quorum), bound with the queue's name.
+func (a *admin) declareRaw(queue, queueType string) error {
 	return a.do(func(ch *amqp.Channel) error {
 		if err := ch.ExchangeDeclare(rawExchange, "direct", true, false, false, false, nil); err != nil {
 			return err
 		}
-		if _, err := ch.QueueDeclare(rawQueue, true, false, false, false, amqp.Table{"x-queue-type": "classic"}); err != nil {
+		if _, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table{"x-queue-type": queueType}); err != nil {
 			return err
 		}
-		return ch.QueueBind(rawQueue, rawQueue, rawExchange, false, nil)
+		return ch.QueueBind(queue, queue, rawExchange, false, nil)
 	})
 }
 

@@ -14,6 +14,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/mlproducer/mlproducer"
+	"github.com/mlproducer/mlproducer/internal/rabbittest"
 )
 
 type kind int
@@ -42,6 +43,9 @@ type spec struct {
 	// window is the number of confirms a raw-window case keeps outstanding;
 	// 0 means windowSize.
 	window int
+	// quorum runs the case on the local 3-node cluster (-cluster), on a
+	// quorum queue: raw-N-quorum and producer-publish-N-quorum.
+	quorum bool
 }
 
 // windowLen returns the window of a raw-window case.
@@ -53,6 +57,13 @@ func (s spec) windowLen() int {
 }
 
 func (s spec) name() string {
+	if s.quorum {
+		return s.plainName() + "-quorum"
+	}
+	return s.plainName()
+}
+
+func (s spec) plainName() string {
 	switch s.kind {
 	case kindRaw:
 		if s.channels > 1 {
@@ -114,20 +125,31 @@ func taskBody(n int) ([]byte, error) {
 
 // runCase runs one case once, holding the shared broker lock throughout.
 func (e *env) runCase(s spec) (outcome, error) {
-	if err := e.lock.shared(); err != nil {
-		return outcome{}, err
+	url := e.url
+	if s.quorum {
+		// The cluster's own lock: its tests stop nodes.
+		unlock, err := rabbittest.ClusterLock(false)
+		if err != nil {
+			return outcome{}, err
+		}
+		defer unlock()
+		url = e.clusterURL
+	} else {
+		if err := e.lock.shared(); err != nil {
+			return outcome{}, err
+		}
+		defer e.lock.unlock()
 	}
-	defer e.lock.unlock()
-	adm, err := newAdmin(e.url)
+	adm, err := newAdmin(url)
 	if err != nil {
 		return outcome{}, err
 	}
 	defer adm.close()
 	switch s.kind {
 	case kindPublish, kindSummarization, kindPublishSpool:
-		return e.runProducer(adm, s)
+		return e.runProducer(adm, url, s)
 	default:
-		return e.runRaw(adm, s)
+		return e.runRaw(adm, url, s)
 	}
 }
 
@@ -135,8 +157,13 @@ func (e *env) runCase(s spec) (outcome, error) {
 // Producer's do (persistent, mandatory, content type, a UUIDv7 message id,
 // timestamp, type, app id and one header) to a durable direct exchange bound
 // to a durable classic queue, so both put the same bytes on the wire.
-func (e *env) runRaw(adm *admin, s spec) (outcome, error) {
-	if err := adm.declareRaw(); err != nil {
+func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
+	queueType := "classic"
+	if s.quorum {
+		queueType = "quorum"
+	}
+	rawQueue := rawQueue + "." + queueType
+	if err := adm.declareRaw(rawQueue, queueType); err != nil {
 		return outcome{}, fmt.Errorf("declare %s: %w", rawQueue, err)
 	}
 	if err := adm.purge(rawQueue); err != nil {
@@ -144,7 +171,7 @@ func (e *env) runRaw(adm *admin, s spec) (outcome, error) {
 	}
 	defer func() { _ = adm.purge(rawQueue) }()
 
-	conn, err := dial(e.url, "mlproducer-bench raw")
+	conn, err := dial(url, "mlproducer-bench raw")
 	if err != nil {
 		return outcome{}, fmt.Errorf("dial: %w", err)
 	}
@@ -288,10 +315,10 @@ func blockedDuring(c <-chan amqp.Blocking) bool {
 	}
 }
 
-// newProducer makes a Producer on the benchmark's broker with the defaults.
-func (e *env) newProducer(extra ...mlproducer.Option) (*mlproducer.Producer, error) {
+// newProducer makes a Producer on url with the defaults.
+func (e *env) newProducer(url string, extra ...mlproducer.Option) (*mlproducer.Producer, error) {
 	opts := append([]mlproducer.Option{
-		mlproducer.WithURLs(e.url),
+		mlproducer.WithURLs(url),
 		mlproducer.WithConnectionName("mlproducer-bench"),
 	}, extra...)
 	return mlproducer.New(opts...)
@@ -300,8 +327,11 @@ func (e *env) newProducer(extra ...mlproducer.Option) (*mlproducer.Producer, err
 // runProducer measures the Producer through Publish or PublishSummarization,
 // with its default options and topology (and a fresh spool dir for
 // kindPublishSpool).
-func (e *env) runProducer(adm *admin, s spec) (outcome, error) {
+func (e *env) runProducer(adm *admin, url string, s spec) (outcome, error) {
 	var opts []mlproducer.Option
+	if s.quorum {
+		opts = append(opts, mlproducer.WithTopology(mlproducer.Topology{QueueType: mlproducer.QueueQuorum}))
+	}
 	if s.kind == kindPublishSpool {
 		dir, err := e.newSpoolDir()
 		if err != nil {
@@ -310,7 +340,7 @@ func (e *env) runProducer(adm *admin, s spec) (outcome, error) {
 		defer os.RemoveAll(dir)
 		opts = append(opts, mlproducer.WithSpool(dir))
 	}
-	p, err := e.newProducer(opts...)
+	p, err := e.newProducer(url, opts...)
 	if err != nil {
 		return outcome{}, err
 	}

@@ -94,7 +94,7 @@ func (e *env) runDrain(steadyCallers int, spool bool) (drainResult, error) {
 		opts = append(opts, mlproducer.WithSpool(dir), mlproducer.WithSpoolCapacity(2*n, 2<<30))
 		fillers = spoolFillers
 	}
-	p, err := e.newProducer(opts...)
+	p, err := e.newProducer(e.url, opts...)
 	if err != nil {
 		return drainResult{}, err
 	}

@@ -62,7 +62,12 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/mlproducer/mlproducer/internal/rabbittest"
 )
+
+// quorumCallers are the caller counts of the quorum cases (-cluster).
+var quorumCallers = []int{1, 64}
 
 type config struct {
 	duration   time.Duration
@@ -84,15 +89,20 @@ type config struct {
 	spoolFS   string
 	// spoolHeapMsgs is the spool-heap case's message count (0: skipped).
 	spoolHeapMsgs int
+	// cluster adds the quorum cases, on the local 3-node cluster.
+	cluster bool
 }
 
 type env struct {
-	cfg      config
-	url      string
-	lock     *brokerLock
-	probe    *probe
-	bodies   map[int][]byte // prebuilt task bodies by size
-	contents map[int]string // summarization contents by size
+	cfg   config
+	url   string
+	lock  *brokerLock
+	probe *probe
+	// clusterURL is the cluster node the quorum cases use, raw and
+	// Producer alike (its first; the queues' leaders are placed there).
+	clusterURL string
+	bodies     map[int][]byte // prebuilt task bodies by size
+	contents   map[int]string // summarization contents by size
 }
 
 func main() { os.Exit(run()) }
@@ -143,6 +153,7 @@ func parseFlags() (config, error) {
 	flag.IntVar(&cfg.rawChannels, "raw-channels", 1, "spread the callers of raw-N over this many channels of its connection (cases then named raw-N-chK; the ratios need 1)")
 	flag.StringVar(&cfg.spoolBase, "spool-dir", os.TempDir(), "where the spool cases make their dirs: on a real disk, not tmpfs (the filesystem is printed)")
 	flag.IntVar(&cfg.spoolHeapMsgs, "spool-heap-messages", 1_000_000, "messages held by the spool-heap case (0 skips it; -quick skips it unless given)")
+	flag.BoolVar(&cfg.cluster, "cluster", false, "also run raw-N-quorum and producer-publish-N-quorum (N = 1, 64) on quorum queues of the local 3-node cluster, started with scripts/rabbitmq-cluster.sh up if needed (make bench passes it)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -219,6 +230,13 @@ func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 		for _, w := range cfg.rawWindows {
 			specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size, window: w})
 		}
+		if cfg.cluster {
+			for _, n := range quorumCallers {
+				specs = append(specs,
+					spec{kind: kindRaw, callers: n, size: size, quorum: true},
+					spec{kind: kindPublish, callers: n, size: size, quorum: true})
+			}
+		}
 		specs = append(specs, spec{kind: kindRawNoConfirm, callers: 1, size: size})
 	}
 	if cfg.only != nil {
@@ -279,6 +297,15 @@ func run() int {
 	}
 	if u, err := url.Parse(e.url); err == nil {
 		e.probe = newProbe(u.Hostname())
+	}
+	if cfg.cluster {
+		logf("starting the local 3-node cluster (scripts/rabbitmq-cluster.sh up) for the quorum cases")
+		urls, err := rabbittest.ClusterUp()
+		if err != nil {
+			logf("-cluster: %v", err)
+			return 2
+		}
+		e.clusterURL = urls[0]
 	}
 	if e.lock, err = openBrokerLock(); err != nil {
 		logf("%v", err)
@@ -412,7 +439,13 @@ func (r *results) has(s spec) bool { _, ok := r.byKey[s.key()]; return ok }
 func (r *results) sortedSpecs() []spec {
 	s := slices.Clone(r.order)
 	slices.SortFunc(s, func(a, b spec) int {
-		return cmp.Or(cmp.Compare(a.size, b.size), cmp.Compare(a.kind, b.kind), cmp.Compare(a.callers, b.callers), cmp.Compare(a.channels, b.channels))
+		q := func(s spec) int {
+			if s.quorum {
+				return 1
+			}
+			return 0
+		}
+		return cmp.Or(cmp.Compare(a.size, b.size), cmp.Compare(q(a), q(b)), cmp.Compare(a.kind, b.kind), cmp.Compare(a.callers, b.callers), cmp.Compare(a.channels, b.channels))
 	})
 	return s
 }

@@ -94,6 +94,7 @@ func ratios() []ratio {
 	pub := func(n int) spec { return spec{kind: kindPublish, callers: n} }
 	raw := func(n int) spec { return spec{kind: kindRaw, callers: n} }
 	window := spec{kind: kindRawWindow, callers: 1}
+	quorum := func(s spec) spec { s.quorum = true; return s }
 	return []ratio{
 		{"producer-publish-64 / raw-64", pub(64), raw(64), mRate, true, 1.3, false},
 		{"producer-publish-64 / raw-window256", pub(64), window, mRate, true, 0.95, false},
@@ -102,6 +103,9 @@ func ratios() []ratio {
 		{"CPU/msg producer-publish-64 / raw-64", pub(64), raw(64), mCPU, false, 1.0, false},
 		{"p99 producer-publish-64 / raw-64", pub(64), raw(64), mP99, false, 1.0, false},
 		{"producer-summarization-64 / producer-publish-64", spec{kind: kindSummarization, callers: 64}, pub(64), mRate, true, 0.9, true},
+		// Issue 12: on quorum queues of the 3-node cluster (-cluster).
+		{"producer-publish-1-quorum / raw-1-quorum", quorum(pub(1)), quorum(raw(1)), mRate, true, 0.95, false},
+		{"producer-publish-64-quorum / raw-64-quorum", quorum(pub(64)), quorum(raw(64)), mRate, true, 0.95, false},
 	}
 }
 
