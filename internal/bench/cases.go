@@ -26,6 +26,7 @@ const (
 	kindPublish                   // Producer.Publish, prebuilt body
 	kindSummarization             // Producer.PublishSummarization, encoding included
 	kindPublishSpool              // Producer.Publish with WithSpool, prebuilt body
+	kindPublishAsync              // one goroutine calling Producer.PublishAsync, WithMaxInFlight(window)
 )
 
 // windowSize is the number of confirms raw-window keeps outstanding unless
@@ -80,6 +81,8 @@ func (s spec) plainName() string {
 		return fmt.Sprintf("producer-summarization-%d", s.callers)
 	case kindPublishSpool:
 		return fmt.Sprintf("producer-spool-publish-%d", s.callers)
+	case kindPublishAsync:
+		return fmt.Sprintf("producer-async-w%d", s.windowLen())
 	}
 	return "?"
 }
@@ -146,7 +149,7 @@ func (e *env) runCase(s spec) (outcome, error) {
 	}
 	defer adm.close()
 	switch s.kind {
-	case kindPublish, kindSummarization, kindPublishSpool:
+	case kindPublish, kindSummarization, kindPublishSpool, kindPublishAsync:
 		return e.runProducer(adm, url, s)
 	default:
 		return e.runRaw(adm, url, s)
@@ -332,6 +335,9 @@ func (e *env) runProducer(adm *admin, url string, s spec) (outcome, error) {
 	if s.quorum {
 		opts = append(opts, mlproducer.WithTopology(mlproducer.Topology{QueueType: mlproducer.QueueQuorum}))
 	}
+	if s.kind == kindPublishAsync {
+		opts = append(opts, mlproducer.WithMaxInFlight(s.windowLen()))
+	}
 	if s.kind == kindPublishSpool {
 		dir, err := e.newSpoolDir()
 		if err != nil {
@@ -365,7 +371,11 @@ func (e *env) runProducer(adm *admin, url string, s spec) (outcome, error) {
 	defer func() { _ = adm.purge(taskQueue) }()
 	st0 := p.Status()
 
-	m, err := drive(e.probe, s.callers, e.cfg.warmup, e.cfg.duration, closedLoop(e.producerCall(p, s)))
+	loop := closedLoop(e.producerCall(p, s))
+	if s.kind == kindPublishAsync {
+		loop = e.asyncLoop(p, s)
+	}
+	m, err := drive(e.probe, s.callers, e.cfg.warmup, e.cfg.duration, loop)
 	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
 	cerr := p.Close(ctx)
 	cancel()
@@ -374,6 +384,60 @@ func (e *env) runProducer(adm *admin, url string, s spec) (outcome, error) {
 		return outcome{}, err
 	}
 	return e.checkProducer(adm, m, st0, p.Status(), cerr)
+}
+
+// asyncLoop is one goroutine publishing with PublishAsync as fast as the
+// Producer takes the messages (it waits for room when it holds all it may),
+// keeping the Deliveries in order. A confirm is recorded when the loop sees
+// it, at the head of the line, so latency is from the call to that moment.
+func (e *env) asyncLoop(p *mlproducer.Producer, s spec) func(int, *recorder, func() bool) error {
+	msg := mlproducer.Message{Type: mlproducer.TaskSummarization, Body: e.bodies[s.size]}
+	type sent struct {
+		d  *mlproducer.Delivery
+		t0 time.Duration
+	}
+	return func(_ int, rec *recorder, stopped func() bool) error {
+		ctx := context.Background()
+		var line []sent
+		head := 0
+		settle := func(wait bool) {
+			for head < len(line) {
+				x := line[head]
+				if !wait {
+					select {
+					case <-x.d.Done():
+					default:
+						return
+					}
+				}
+				r, _ := x.d.Wait(ctx)
+				if r.State == mlproducer.Confirmed {
+					rec.done(x.t0, rec.win.now())
+				} else {
+					rec.unconfirmed(rec.win.now())
+				}
+				line[head] = sent{}
+				head++
+			}
+			if head > 4096 && head*2 > len(line) {
+				line = append(line[:0], line[head:]...)
+				head = 0
+			}
+		}
+		for {
+			t0 := rec.win.now()
+			if t0 >= rec.win.end || stopped() {
+				settle(true)
+				return nil
+			}
+			d, err := p.PublishAsync(ctx, msg)
+			if err != nil {
+				return err
+			}
+			line = append(line, sent{d, t0})
+			settle(false)
+		}
+	}
 }
 
 // producerCall returns one caller's publish for the case.

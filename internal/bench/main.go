@@ -83,6 +83,9 @@ type config struct {
 	rawChannels int
 	// rawWindows are the windows of the raw-window cases.
 	rawWindows []int
+	// asyncWindows are the WithMaxInFlight values of the producer-async
+	// cases.
+	asyncWindows []int
 	// spoolBase is where the spool cases make their dirs; spoolFS says
 	// which filesystem that is.
 	spoolBase string
@@ -135,6 +138,7 @@ func parseFlags() (config, error) {
 		cfg              config
 		sizes, callers   string
 		windows          string
+		asyncWindows     string
 		only             string
 		quick            bool
 		duration, warmup time.Duration
@@ -150,6 +154,7 @@ func parseFlags() (config, error) {
 	flag.IntVar(&cfg.drainMsgs, "drain-messages", 100_000, "messages queued in the retry-drain case")
 	flag.StringVar(&cfg.cpuprofile, "cpuprofile", "", "write a CPU profile of the whole run to this file")
 	flag.StringVar(&windows, "raw-windows", strconv.Itoa(windowSize), "confirms kept outstanding by the raw-window cases, comma-separated (e.g. 64,256: a 64 window is the most any client gets with 64 in flight; the ratios use 256)")
+	flag.StringVar(&asyncWindows, "async-windows", "256,4096", "WithMaxInFlight of the producer-async-wN cases (one goroutine calling PublishAsync), comma-separated")
 	flag.IntVar(&cfg.rawChannels, "raw-channels", 1, "spread the callers of raw-N over this many channels of its connection (cases then named raw-N-chK; the ratios need 1)")
 	flag.StringVar(&cfg.spoolBase, "spool-dir", os.TempDir(), "where the spool cases make their dirs: on a real disk, not tmpfs (the filesystem is printed)")
 	flag.IntVar(&cfg.spoolHeapMsgs, "spool-heap-messages", 1_000_000, "messages held by the spool-heap case (0 skips it; -quick skips it unless given)")
@@ -203,6 +208,9 @@ func parseFlags() (config, error) {
 	if cfg.rawWindows, err = parseInts(windows); err != nil {
 		return cfg, fmt.Errorf("-raw-windows: %v", err)
 	}
+	if cfg.asyncWindows, err = parseInts(asyncWindows); err != nil {
+		return cfg, fmt.Errorf("-async-windows: %v", err)
+	}
 	if only != "" {
 		if cfg.only, err = regexp.Compile(only); err != nil {
 			return cfg, fmt.Errorf("-only: %v", err)
@@ -229,6 +237,9 @@ func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 		}
 		for _, w := range cfg.rawWindows {
 			specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size, window: w})
+		}
+		for _, w := range cfg.asyncWindows {
+			specs = append(specs, spec{kind: kindPublishAsync, callers: 1, size: size, window: w})
 		}
 		if cfg.cluster {
 			for _, n := range quorumCallers {

@@ -103,6 +103,10 @@ func ratios() []ratio {
 		{"CPU/msg producer-publish-64 / raw-64", pub(64), raw(64), mCPU, false, 1.0, false},
 		{"p99 producer-publish-64 / raw-64", pub(64), raw(64), mP99, false, 1.0, false},
 		{"producer-summarization-64 / producer-publish-64", spec{kind: kindSummarization, callers: 64}, pub(64), mRate, true, 0.9, true},
+		// Issue 13: one goroutine with PublishAsync against the raw window.
+		{"producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mRate, true, 0.95, false},
+		{"producer-async-w4096 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 4096}, window, mRate, true, 0.95, false},
+		{"CPU/msg producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mCPU, false, 1.0, false},
 		// Issue 12: on quorum queues of the 3-node cluster (-cluster).
 		{"producer-publish-1-quorum / raw-1-quorum", quorum(pub(1)), quorum(raw(1)), mRate, true, 0.95, false},
 		{"producer-publish-64-quorum / raw-64-quorum", quorum(pub(64)), quorum(raw(64)), mRate, true, 0.95, false},
