@@ -43,11 +43,13 @@ demo:
 	GO="$(GO)" bash scripts/demo.sh
 
 ## bench: micro-benchmarks of the hot path on the fake broker, then the comparison with raw
-## amqp091-go on the local RabbitMQ (about 10 minutes; BENCHFLAGS=-quick for about one).
+## amqp091-go on the local RabbitMQ, with the quorum cases on the local 3-node cluster (left
+## running: make cluster-down) (about 12 minutes; BENCHFLAGS=-quick for about two).
 bench:
 	bash scripts/ensure-rabbitmq.sh
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 .
-	$(GO) run ./internal/bench $(BENCHFLAGS)
+	bash scripts/rabbitmq-cluster.sh up
+	$(GO) run ./internal/bench -cluster $(BENCHFLAGS)
 
 ## reliability: the reliability scenarios against the local RabbitMQ (faults, broker restart,
 ## memory alarm, 60 s of chaos), one PASS/FAIL line each and a table; fails if any fails.

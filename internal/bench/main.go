@@ -31,6 +31,11 @@
 //     (fake broker, dials refused; once per run, not under -quick). The
 //     spool dirs go under -spool-dir, whose filesystem is printed. Issue
 //     10's targets are checked in a table of their own.
+//   - producer-async-wN (-async-windows): one goroutine calls
+//     Producer.PublishAsync with WithMaxInFlight(N), against raw-window256.
+//   - raw-N-quorum and producer-publish-N-quorum (N = 1, 64; -cluster): the
+//     same as raw-N and producer-publish-N on a quorum queue of the local
+//     3-node cluster (scripts/rabbitmq-cluster.sh, started if needed).
 //
 // Every message is persistent and goes to a durable classic queue. Each case
 // warms up, then is measured for -duration: msg/s counts the calls that got
