@@ -338,31 +338,7 @@ var clusterLock lockState
 // cluster and exclusive while a node is stopped or paused. It waits at most
 // 5 minutes for other processes.
 func ClusterLock(exclusive bool) (unlock func(), err error) {
-	l := &clusterLock
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.f == nil {
-		f, err := os.OpenFile(filepath.Join(os.TempDir(), clusterLockFileName), os.O_RDWR|os.O_CREATE, 0o666)
-		if err != nil {
-			return nil, fmt.Errorf("cluster lock: %w", err)
-		}
-		l.f = f
-	}
-	l.add(exclusive, 1)
-	if err := l.apply(lockWait); err != nil {
-		l.add(exclusive, -1)
-		_ = l.apply(lockWait)
-		return nil, fmt.Errorf("cluster lock %s: %w", l.f.Name(), err)
-	}
-	var once sync.Once
-	return func() {
-		once.Do(func() {
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			l.add(exclusive, -1)
-			_ = l.apply(lockWait)
-		})
-	}, nil
+	return clusterLock.take(clusterLockFileName, "cluster lock", exclusive, lockWait)
 }
 
 func acquireCluster(t testing.TB, exclusive bool) {

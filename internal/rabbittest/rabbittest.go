@@ -478,13 +478,20 @@ func Lock(exclusive bool) (unlock func(), err error) { return LockWithin(exclusi
 // LockWithin is [Lock] waiting at most wait for other processes; it fails
 // when they still hold the lock after that.
 func LockWithin(exclusive bool, wait time.Duration) (unlock func(), err error) {
-	l := &brokerLock
+	return brokerLock.take(lockFileName, "broker lock", exclusive, wait)
+}
+
+// take adds a holder to l, opening its file (name, in os.TempDir) the first
+// time, and brings the file lock in line, waiting at most wait for other
+// processes. It returns the function that removes the holder (calling it
+// again does nothing). what names the lock in errors.
+func (l *lockState) take(name, what string, exclusive bool, wait time.Duration) (unlock func(), err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.f == nil {
-		f, err := os.OpenFile(filepath.Join(os.TempDir(), lockFileName), os.O_RDWR|os.O_CREATE, 0o666)
+		f, err := os.OpenFile(filepath.Join(os.TempDir(), name), os.O_RDWR|os.O_CREATE, 0o666)
 		if err != nil {
-			return nil, fmt.Errorf("broker lock: %w", err)
+			return nil, fmt.Errorf("%s: %w", what, err)
 		}
 		l.f = f
 	}
@@ -492,7 +499,7 @@ func LockWithin(exclusive bool, wait time.Duration) (unlock func(), err error) {
 	if err := l.apply(wait); err != nil {
 		l.add(exclusive, -1)
 		_ = l.apply(lockWait)
-		return nil, fmt.Errorf("broker lock %s: %w", l.f.Name(), err)
+		return nil, fmt.Errorf("%s %s: %w", what, l.f.Name(), err)
 	}
 	var once sync.Once
 	return func() {
