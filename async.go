@@ -85,23 +85,13 @@ var errLeftInSpool = fmt.Errorf("%w: the message stays in the spool for the next
 // No goroutine or timer is started per message. [Producer.Flush] waits for
 // every message taken before it.
 func (p *Producer) PublishAsync(ctx context.Context, msg Message, opts ...PublishOption) (*Delivery, error) {
-	if err := p.cfg.limits.validateMessage(&msg); err != nil {
-		p.metrics.count(msg.Type, outInvalid)
-		return nil, err
-	}
-	optID, meta, err := applyPublishOptions(opts)
+	meta, err := p.checkMessage(&msg, opts)
 	if err != nil {
-		p.metrics.count(msg.Type, outInvalid)
 		return nil, err
 	}
-	if optID != "" {
-		msg.ID = optID
-	}
-	id := msg.ID
-	if id == "" {
-		if id, err = newMessageID(); err != nil {
-			return nil, err
-		}
+	id, err := messageID(msg.ID)
+	if err != nil {
+		return nil, err
 	}
 	d := &Delivery{id: id, done: make(chan struct{})}
 	m := &message{id: id, typ: msg.Type, body: bytes.Clone(msg.Body), created: time.Now().UnixNano(), heapIndex: -1, meta: meta, dlv: d}

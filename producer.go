@@ -319,17 +319,9 @@ func (p *Producer) newRetryBackoff() backoff.BackOff {
 //   - [DeadLettered]: its attempts ran out before the call returned (only
 //     with [WithMaxRetries](0)); it went to the dead-letter hook.
 func (p *Producer) Publish(ctx context.Context, msg Message, opts ...PublishOption) (Receipt, error) {
-	if err := p.cfg.limits.validateMessage(&msg); err != nil {
-		p.metrics.count(msg.Type, outInvalid)
-		return Receipt{}, err
-	}
-	optID, meta, err := applyPublishOptions(opts)
+	meta, err := p.checkMessage(&msg, opts)
 	if err != nil {
-		p.metrics.count(msg.Type, outInvalid)
 		return Receipt{}, err
-	}
-	if optID != "" {
-		msg.ID = optID
 	}
 	// The caller may reuse its buffer once Publish returns: keep a copy of
 	// the bytes that were validated.
@@ -338,14 +330,31 @@ func (p *Producer) Publish(ctx context.Context, msg Message, opts ...PublishOpti
 	if err != nil {
 		return Receipt{}, err
 	}
-	id := msg.ID
-	if id == "" {
-		if id, err = newMessageID(); err != nil {
-			p.abandon(done)
-			return Receipt{}, err
-		}
+	id, err := messageID(msg.ID)
+	if err != nil {
+		p.abandon(done)
+		return Receipt{}, err
 	}
 	return p.submit(ctx, done, id, msg.Type, body, time.Now(), meta)
+}
+
+// checkMessage validates a generic message and its publish options (a
+// refusal is counted), and sets msg.ID from WithMessageID. It returns the
+// options' metadata.
+func (p *Producer) checkMessage(msg *Message, opts []PublishOption) (*msgMeta, error) {
+	if err := p.cfg.limits.validateMessage(msg); err != nil {
+		p.metrics.count(msg.Type, outInvalid)
+		return nil, err
+	}
+	optID, meta, err := applyPublishOptions(opts)
+	if err != nil {
+		p.metrics.count(msg.Type, outInvalid)
+		return nil, err
+	}
+	if optID != "" {
+		msg.ID = optID
+	}
+	return meta, nil
 }
 
 func newMessageID() (string, error) {
