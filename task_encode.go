@@ -26,13 +26,7 @@ const (
 // that dst can have room for it (append grows dst otherwise). Invalid UTF-8
 // is written as U+FFFD so the output is always valid JSON.
 func appendSummarizationBody(dst []byte, id string, created time.Time, shareID, content string, o *SummarizationOptions) []byte {
-	dst = append(dst, prefixSummarization...)
-	dst = appendJSONString(dst, id)
-	dst = append(dst, `,"shareId":`...)
-	dst = appendJSONString(dst, shareID)
-	dst = append(dst, `,"content":`...)
-	dst = appendJSONString(dst, content)
-	dst = append(dst, `,"options":{`...)
+	dst = appendBodyHead(dst, prefixSummarization, id, shareID, `,"content":`, content)
 	if o != nil {
 		comma := false
 		if o.MaxLength != 0 {
@@ -53,18 +47,25 @@ func appendSummarizationBody(dst []byte, id string, created time.Time, shareID, 
 	return appendCreatedAt(dst, created)
 }
 
+// appendBodyHead appends what every task body starts with: its prefix, the
+// message and share ids, the content or media URL under key (with its
+// leading comma and colon), and the opening of "options".
+func appendBodyHead(dst []byte, prefix, id, shareID, key, value string) []byte {
+	dst = append(dst, prefix...)
+	dst = appendJSONString(dst, id)
+	dst = append(dst, `,"shareId":`...)
+	dst = appendJSONString(dst, shareID)
+	dst = append(dst, key...)
+	dst = appendJSONString(dst, value)
+	return append(dst, `,"options":{`...)
+}
+
 // appendTranscriptionBody appends the JSON body of a transcription task to
 // dst and returns the extended slice. It is like appendSummarizationBody
 // with "mediaUrl" in place of "content". The arguments are not validated:
 // call validateTranscription first.
 func appendTranscriptionBody(dst []byte, id string, created time.Time, shareID, mediaURL string, o *TranscriptionOptions) []byte {
-	dst = append(dst, prefixTranscription...)
-	dst = appendJSONString(dst, id)
-	dst = append(dst, `,"shareId":`...)
-	dst = appendJSONString(dst, shareID)
-	dst = append(dst, `,"mediaUrl":`...)
-	dst = appendJSONString(dst, mediaURL)
-	dst = append(dst, `,"options":{`...)
+	dst = appendBodyHead(dst, prefixTranscription, id, shareID, `,"mediaUrl":`, mediaURL)
 	if o != nil {
 		comma := false
 		if o.Language != "" {
@@ -89,13 +90,7 @@ func appendTranscriptionBody(dst []byte, id string, created time.Time, shareID, 
 // embedding options. The arguments are not validated: call
 // validateEmbedding first.
 func appendEmbeddingBody(dst []byte, id string, created time.Time, shareID, content string, o *EmbeddingOptions) []byte {
-	dst = append(dst, prefixEmbedding...)
-	dst = appendJSONString(dst, id)
-	dst = append(dst, `,"shareId":`...)
-	dst = appendJSONString(dst, shareID)
-	dst = append(dst, `,"content":`...)
-	dst = appendJSONString(dst, content)
-	dst = append(dst, `,"options":{`...)
+	dst = appendBodyHead(dst, prefixEmbedding, id, shareID, `,"content":`, content)
 	if o != nil {
 		comma := false
 		if o.Model != "" {
