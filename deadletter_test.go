@@ -43,6 +43,22 @@ func publishConfirmed(t *testing.T, p *mlproducer.Producer, n int) {
 	}
 }
 
+// publishDeadLettered makes the broker nack the next n publishes and publishes
+// n summarizations that must each come back DeadLettered (the Producer has
+// WithMaxRetries(0)); it returns their ids.
+func publishDeadLettered(t *testing.T, b *mlproducertest.Broker, p *mlproducer.Producer, n int) []string {
+	t.Helper()
+	b.NackNext(n)
+	var dead []string
+	for range n {
+		r, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{})
+		require.NoError(t, err)
+		require.Equal(t, mlproducer.DeadLettered, r.State)
+		dead = append(dead, r.MessageID)
+	}
+	return dead
+}
+
 // A hook that panics: recovered, logged and counted; the message counts as
 // dead-lettered; confirms go on and Close is clean.
 func TestDeadLetterHookPanicIsRecoveredAndCounted(t *testing.T) {
@@ -97,14 +113,7 @@ func TestDeadLetterHookBlockingTenSecondsStallsNothing(t *testing.T) {
 				mu.Unlock()
 			}))
 		waitConnected(t, p)
-		b.NackNext(3)
-		var dead []string
-		for range 3 {
-			r, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{})
-			require.NoError(t, err)
-			require.Equal(t, mlproducer.DeadLettered, r.State)
-			dead = append(dead, r.MessageID)
-		}
+		dead := publishDeadLettered(t, b, p, 3)
 		<-started
 		start := time.Now()
 		publishConfirmed(t, p, 100)
@@ -151,14 +160,7 @@ func TestDeadLetterHookNotRunKeepsTheSpoolRecord(t *testing.T) {
 				mu.Unlock()
 			}))
 		waitConnected(t, p)
-		b.NackNext(3)
-		var dead []string
-		for range 3 {
-			r, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{})
-			require.NoError(t, err)
-			require.Equal(t, mlproducer.DeadLettered, r.State)
-			dead = append(dead, r.MessageID)
-		}
+		dead := publishDeadLettered(t, b, p, 3)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = p.Close(ctx)
 		cancel()
