@@ -16,16 +16,42 @@ import (
 // spool for the next start. It is safe for concurrent use.
 type Delivery struct {
 	id    string
-	done  chan struct{}
 	state atomic.Uint32 // 0 until resolved, then a DeliveryState
-	err   error         // set before done is closed: why it is not final
+	err   error         // set before state: why it is not final
+
+	// done is made by the first Done or Wait that finds the delivery
+	// unresolved: a loop that only checks Receipt or calls Flush, or waits
+	// on a delivery already resolved, costs no channel.
+	mu   sync.Mutex
+	done chan struct{}
 }
 
 // MessageID returns the message's ID, the same as the body's messageId.
 func (d *Delivery) MessageID() string { return d.id }
 
 // Done returns a channel closed when the delivery is resolved.
-func (d *Delivery) Done() <-chan struct{} { return d.done }
+func (d *Delivery) Done() <-chan struct{} {
+	if d.state.Load() != 0 {
+		return closedDone
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.done == nil {
+		if d.state.Load() != 0 {
+			return closedDone
+		}
+		d.done = make(chan struct{})
+	}
+	return d.done
+}
+
+// closedDone is the channel of every delivery resolved before its Done was
+// asked for. It is closed once and never written to.
+var closedDone = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 // Receipt returns the outcome: [Confirmed] or [DeadLettered] once resolved,
 // [Queued] for a message Close left in the spool, and [Pending] before it is
@@ -44,13 +70,11 @@ func (d *Delivery) Receipt() Receipt {
 // in the spool for the next start; a dead-lettered message is a receipt with
 // state [DeadLettered] and a nil error, as from [Producer.Publish].
 func (d *Delivery) Wait(ctx context.Context) (Receipt, error) {
-	select {
-	case <-d.done:
+	if d.state.Load() != 0 {
 		return d.Receipt(), d.err
-	default:
 	}
 	select {
-	case <-d.done:
+	case <-d.Done():
 		return d.Receipt(), d.err
 	case <-ctx.Done():
 		return d.Receipt(), ctx.Err()
@@ -59,8 +83,14 @@ func (d *Delivery) Wait(ctx context.Context) (Receipt, error) {
 
 // resolve sets the outcome once; later calls change nothing.
 func (d *Delivery) resolve(st DeliveryState, err error) {
-	if d.state.CompareAndSwap(0, uint32(st)) {
-		d.err = err
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.state.Load() != 0 {
+		return
+	}
+	d.err = err
+	d.state.Store(uint32(st))
+	if d.done != nil {
 		close(d.done)
 	}
 }
@@ -93,7 +123,7 @@ func (p *Producer) PublishAsync(ctx context.Context, msg Message, opts ...Publis
 	if err != nil {
 		return nil, err
 	}
-	d := &Delivery{id: id, done: make(chan struct{})}
+	d := &Delivery{id: id}
 	m := &message{id: id, typ: msg.Type, body: bytes.Clone(msg.Body), created: time.Now().UnixNano(), heapIndex: -1, meta: meta, dlv: d}
 	traced := false
 	for {

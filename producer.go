@@ -567,10 +567,12 @@ func (p *Producer) confirmed(m *message) {
 	}
 	m.signal(Confirmed)
 	m.endSpan("confirmed", nil)
-	p.flush.final(m.acc)
+	// The Delivery before the Flush count: a Flush that returns has every
+	// Delivery it waited for resolved.
 	if m.dlv != nil {
 		m.dlv.resolve(Confirmed, nil)
 	}
+	p.flush.final(m.acc)
 	if p.spool != nil {
 		p.spool.remove(m.key)
 	}
@@ -592,10 +594,10 @@ func (p *Producer) deadLetter(m *message, err error) {
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
 		slog.Int("attempts", sends), slog.Any("error", err))
 	m.endSpan("dead_lettered", err)
-	p.flush.final(m.acc)
 	if m.dlv != nil {
 		m.dlv.resolve(DeadLettered, nil)
 	}
+	p.flush.final(m.acc)
 	if p.cfg.deadLetter == nil {
 		p.finishDead(m, true)
 		return
