@@ -64,17 +64,24 @@ type benchCase struct {
 	} `json:"median"`
 }
 
-// series is one line of the chart: the cases of one kind.
+// series is one line of the chart: the cases of one kind whose name is
+// name with their messages in flight (so that variants of a kind, such as
+// raw-64-ch4 or a case with another envelope, stay off the line).
 type series struct {
-	kind, label string
-	dashed      bool // raw amqp091-go: dashed; the Producer: solid
+	kind, name, label string
+	dashed            bool // raw amqp091-go: dashed; the Producer: solid
 }
 
 var allSeries = []series{
-	{"raw", "raw amqp091-go: N callers, each waits (raw-N)", true},
-	{"raw-window", "raw amqp091-go: 1 goroutine, window W (raw-windowW)", true},
-	{"publish", "Publish: N callers (producer-publish-N)", false},
-	{"publish-async", "PublishAsync: 1 goroutine, W in flight (producer-async-wW)", false},
+	{"raw", "raw-%d", "raw amqp091-go: N callers, each waits (raw-N)", true},
+	{"raw-window", "raw-window%d", "raw amqp091-go: 1 goroutine, window W (raw-windowW)", true},
+	{"publish", "producer-publish-%d", "Publish: N callers (producer-publish-N)", false},
+	{"publish-async", "producer-async-w%d", "PublishAsync: 1 goroutine, W in flight (producer-async-wW)", false},
+}
+
+// has says whether c is a point of s.
+func (s series) has(c benchCase) bool {
+	return c.Kind == s.kind && c.Name == fmt.Sprintf(s.name, c.InFlight) && charted(c)
 }
 
 // ceilingLabel names the dotted line of raw-noconfirm, when the run has it.
@@ -159,7 +166,7 @@ func (r results) bodies() []int {
 		if !charted(c) || slices.Contains(out, c.Body) {
 			continue
 		}
-		if slices.ContainsFunc(allSeries, func(s series) bool { return s.kind == c.Kind }) {
+		if slices.ContainsFunc(allSeries, func(s series) bool { return s.has(c) }) {
 			out = append(out, c.Body)
 		}
 	}
@@ -167,11 +174,12 @@ func (r results) bodies() []int {
 	return out
 }
 
-// points returns the cases of one kind and body size, by messages in flight.
-func (r results) points(kind string, body int) []benchCase {
+// points returns the cases of a series and body size, by messages in
+// flight.
+func (r results) points(s series, body int) []benchCase {
 	var out []benchCase
 	for _, c := range r.Cases {
-		if c.Kind == kind && c.Body == body && charted(c) {
+		if c.Body == body && s.has(c) {
 			out = append(out, c)
 		}
 	}
@@ -282,7 +290,7 @@ func newChart(r results, body int) (*chart, error) {
 	var ymax float64
 	pmin, pmax := math.Inf(1), 0.0
 	for i, s := range allSeries {
-		pts := r.points(s.kind, body)
+		pts := r.points(s, body)
 		if len(pts) == 0 {
 			continue
 		}

@@ -107,9 +107,10 @@ func TestChartPoints(t *testing.T) {
 	if got := r.bodies(); !slices.Equal(got, []int{1024, 16384}) {
 		t.Errorf("bodies = %v", got)
 	}
-	// raw-64-quorum is left out; the others come by messages in flight.
+	// raw-64-quorum and raw-64-env-x are left out; the others come by
+	// messages in flight.
 	var names []string
-	for _, c := range r.points("raw", 1024) {
+	for _, c := range r.points(allSeries[0], 1024) {
 		names = append(names, c.Name)
 	}
 	if want := []string{"raw-1", "raw-16", "raw-64", "raw-256"}; !slices.Equal(names, want) {
