@@ -44,12 +44,16 @@ demo:
 
 ## bench: micro-benchmarks of the hot path on the fake broker, then the comparison with raw
 ## amqp091-go on the local RabbitMQ, with the quorum cases on the local 3-node cluster (left
-## running: make cluster-down) (about 12 minutes; BENCHFLAGS=-quick for about two).
+## running: make cluster-down) (about 12 minutes; BENCHFLAGS=-quick for about two); then the chart
+## of that run, BENCHMARKS-<body size>.svg (internal/bench/chart: a module of its own, so that its
+## plotting dependency stays out of the library's go.sum), from the results kept in BENCHJSON.
+BENCHJSON ?= $(or $(TMPDIR),/tmp)/mlproducer-bench.json
 bench:
 	bash scripts/ensure-rabbitmq.sh
 	$(GO) test -run '^$$' -bench . -benchmem -count 3 .
 	bash scripts/rabbitmq-cluster.sh up
-	$(GO) run ./internal/bench -cluster $(BENCHFLAGS)
+	$(GO) run ./internal/bench -cluster -json '$(abspath $(BENCHJSON))' $(BENCHFLAGS)
+	cd internal/bench/chart && $(GO) run . -in '$(abspath $(BENCHJSON))' -out '$(CURDIR)/BENCHMARKS'
 
 ## reliability: the reliability scenarios against the local RabbitMQ (faults, broker restart,
 ## memory alarm, 60 s of chaos), one PASS/FAIL line each and a table; fails if any fails.

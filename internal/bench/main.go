@@ -7,6 +7,7 @@
 //	go run ./internal/bench               # the full run (about 10 minutes)
 //	go run ./internal/bench -quick        # about a minute: 1 s cases, 1 KiB only
 //	go run ./internal/bench -only '^producer-publish-64$' -sizes 1024 -cpuprofile cpu.prof
+//	go run ./internal/bench -json /tmp/bench.json  # also the results as JSON, for internal/bench/chart
 //
 // Cases, for each body size and caller count N:
 //
@@ -99,6 +100,8 @@ type config struct {
 	spoolHeapMsgs int
 	// cluster adds the quorum cases, on the local 3-node cluster.
 	cluster bool
+	// jsonPath, if set, is where the results go as JSON (-json).
+	jsonPath string
 }
 
 type env struct {
@@ -164,6 +167,7 @@ func parseFlags() (config, error) {
 	flag.StringVar(&cfg.spoolBase, "spool-dir", os.TempDir(), "where the spool cases make their dirs: on a real disk, not tmpfs (the filesystem is printed)")
 	flag.IntVar(&cfg.spoolHeapMsgs, "spool-heap-messages", 1_000_000, "messages held by the spool-heap case (0 skips it; -quick skips it unless given)")
 	flag.BoolVar(&cfg.cluster, "cluster", false, "also run raw-N-quorum and producer-publish-N-quorum (N = 1, 64) on quorum queues of the local 3-node cluster, started with scripts/rabbitmq-cluster.sh up if needed (make bench passes it)")
+	flag.StringVar(&cfg.jsonPath, "json", "", "also write every case's rounds and medians to this file as JSON (what internal/bench/chart draws; make bench passes it)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return cfg, fmt.Errorf("unexpected arguments %q", flag.Args())
@@ -430,9 +434,21 @@ func run() int {
 
 	report(os.Stdout, cfg, info, &res, steadyCallers)
 	spoolReport(os.Stdout, cfg, &res, steadyCallers)
+	jsonFailed := false
+	if cfg.jsonPath != "" {
+		if err := writeJSONFile(cfg.jsonPath, toJSON(cfg, info, &res, started)); err != nil {
+			logf("-json: %v", err)
+			jsonFailed = true
+		} else {
+			logf("results written to %s", cfg.jsonPath)
+		}
+	}
 	if failed {
 		fmt.Println("\n**DELIVERY CHECK FAILED** (or a case failed): see the delivery column above.")
 		logf("DELIVERY CHECK FAILED or a case failed: exit status 1")
+		return 1
+	}
+	if jsonFailed {
 		return 1
 	}
 	return 0
