@@ -13,7 +13,9 @@ test:
 	bash scripts/ensure-rabbitmq.sh
 	$(GO) vet ./...
 	status=0; $(GO) test -race -count=1 -p 1 -timeout 8m ./... || status=$$?; \
-	bash scripts/rabbitmq-cluster.sh down || true; exit $$status
+	bash scripts/rabbitmq-cluster.sh down || true; \
+	(cd internal/bench/chart && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || status=$$?; \
+	exit $$status
 
 ## cluster-test: only the tests on the local 3-node cluster (started if needed, left running
 ## for the next run; `make cluster-down` stops it).
