@@ -98,6 +98,9 @@ type config struct {
 	spoolFS   string
 	// spoolHeapMsgs is the spool-heap case's message count (0: skipped).
 	spoolHeapMsgs int
+	// asyncHeapMsgs and asyncHeapWindow are the async-heap case's calls
+	// (0: skipped) and WithMaxInFlight.
+	asyncHeapMsgs, asyncHeapWindow int
 	// cluster adds the quorum cases, on the local 3-node cluster.
 	cluster bool
 	// jsonPath, if set, is where the results go as JSON (-json).
@@ -166,6 +169,8 @@ func parseFlags() (config, error) {
 	flag.IntVar(&cfg.rawChannels, "raw-channels", 1, "spread the callers of raw-N over this many channels of its connection (cases then named raw-N-chK; the ratios need 1)")
 	flag.StringVar(&cfg.spoolBase, "spool-dir", os.TempDir(), "where the spool cases make their dirs: on a real disk, not tmpfs (the filesystem is printed)")
 	flag.IntVar(&cfg.spoolHeapMsgs, "spool-heap-messages", 1_000_000, "messages held by the spool-heap case (0 skips it; -quick skips it unless given)")
+	flag.IntVar(&cfg.asyncHeapMsgs, "async-heap-messages", 1_000_000, "PublishAsync calls of the async-heap case (0 skips it; -quick skips it unless given)")
+	flag.IntVar(&cfg.asyncHeapWindow, "async-heap-window", 4096, "WithMaxInFlight of the async-heap case")
 	flag.BoolVar(&cfg.cluster, "cluster", false, "also run raw-N-quorum and producer-publish-N-quorum (N = 1, 64) on quorum queues of the local 3-node cluster, started with scripts/rabbitmq-cluster.sh up if needed (make bench passes it)")
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write every case's rounds and medians to this file as JSON (what internal/bench/chart draws; make bench passes it)")
 	flag.Parse()
@@ -187,6 +192,9 @@ func parseFlags() (config, error) {
 		if !set["spool-heap-messages"] {
 			cfg.spoolHeapMsgs = 0
 		}
+		if !set["async-heap-messages"] {
+			cfg.asyncHeapMsgs = 0
+		}
 	}
 	if duration <= 0 {
 		return cfg, errors.New("-duration must be > 0")
@@ -200,6 +208,9 @@ func parseFlags() (config, error) {
 	}
 	if cfg.rawChannels < 1 {
 		return cfg, errors.New("-raw-channels must be >= 1")
+	}
+	if cfg.asyncHeapMsgs < 0 || cfg.asyncHeapWindow < 1 {
+		return cfg, errors.New("-async-heap-messages must be >= 0 and -async-heap-window >= 1")
 	}
 	if cfg.spoolHeapMsgs < 0 {
 		return cfg, errors.New("-spool-heap-messages must be >= 0")
@@ -295,7 +306,7 @@ func run() int {
 			return 2
 		}
 	}
-	for _, size := range append([]int{drainSize}, cfg.sizes...) {
+	for _, size := range append([]int{drainSize, asyncHeapSize}, cfg.sizes...) {
 		if e.bodies[size], err = taskBody(size); err != nil {
 			logf("-sizes: %v", err)
 			return 2
@@ -430,10 +441,23 @@ func run() int {
 		}
 		res.heap = &h
 	}
+	if cfg.asyncHeapMsgs > 0 && (cfg.only == nil || cfg.only.MatchString(asyncHeapName)) {
+		logf("%s: %d PublishAsync calls of %s, WithMaxInFlight(%d), on the broker", asyncHeapName, cfg.asyncHeapMsgs, fmtSize(asyncHeapSize), cfg.asyncHeapWindow)
+		h := e.runAsyncHeap(cfg.asyncHeapMsgs, cfg.asyncHeapWindow)
+		if h.err != nil {
+			logf("%s: ERROR: %v", asyncHeapName, h.err)
+			failed = true
+		} else {
+			logf("%s: peak live heap %s, peak heap objects %s, %s msg/s (target %s)", asyncHeapName,
+				fmtBytes(h.peakLive), fmtBytes(h.peakObjects), fmtRate(h.rate), fmtBytes(h.target()))
+		}
+		res.asyncHeap = &h
+	}
 	logf("done in %v", time.Since(started).Round(time.Second))
 
 	report(os.Stdout, cfg, info, &res, steadyCallers)
 	spoolReport(os.Stdout, cfg, &res, steadyCallers)
+	asyncHeapReport(os.Stdout, res.asyncHeap)
 	jsonFailed := false
 	if cfg.jsonPath != "" {
 		if err := writeJSONFile(cfg.jsonPath, toJSON(cfg, info, &res, started)); err != nil {
@@ -462,6 +486,7 @@ type results struct {
 	// spoolDrains and heap are the spool cases (issue 10).
 	spoolDrains []drainResult
 	heap        *heapResult
+	asyncHeap   *asyncHeapResult
 }
 
 func (r *results) has(s spec) bool { _, ok := r.byKey[s.key()]; return ok }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"os"
@@ -130,5 +131,30 @@ func TestFSInfo(t *testing.T) {
 		if desc, mem = fsInfo("/dev/shm"); !mem || !strings.HasPrefix(desc, "tmpfs") {
 			t.Errorf("fsInfo(/dev/shm) = %q, %v; want tmpfs, in memory", desc, mem)
 		}
+	}
+}
+
+// The async-heap verdict compares the peak live heap with 1.5 × window ×
+// 1 KiB + 16 MiB, and an error is a FAIL.
+func TestAsyncHeapReport(t *testing.T) {
+	for _, tc := range []struct {
+		r    asyncHeapResult
+		want string
+	}{
+		{asyncHeapResult{msgs: 10, window: 4096, peakLive: 22 << 20}, "| PASS |"},
+		{asyncHeapResult{msgs: 10, window: 4096, peakLive: 23 << 20}, "| FAIL |"},
+		{asyncHeapResult{msgs: 10, window: 256, peakLive: 17 << 20}, "| FAIL |"},
+		{asyncHeapResult{msgs: 10, window: 4096, err: errors.New("boom")}, "ERROR: boom"},
+	} {
+		var b strings.Builder
+		asyncHeapReport(&b, &tc.r)
+		if !strings.Contains(b.String(), tc.want) {
+			t.Errorf("%+v: report lacks %q:\n%s", tc.r, tc.want, b.String())
+		}
+	}
+	var b strings.Builder
+	asyncHeapReport(&b, nil)
+	if b.Len() != 0 {
+		t.Errorf("a case not run prints %q", b.String())
 	}
 }
