@@ -403,12 +403,8 @@ func (e *env) asyncLoop(p *mlproducer.Producer, s spec) func(int, *recorder, fun
 		settle := func(wait bool) {
 			for head < len(line) {
 				x := line[head]
-				if !wait {
-					select {
-					case <-x.d.Done():
-					default:
-						return
-					}
+				if !wait && x.d.Receipt().State == mlproducer.Pending {
+					return // not resolved (Receipt makes no channel, Done would)
 				}
 				r, _ := x.d.Wait(ctx)
 				if r.State == mlproducer.Confirmed {
