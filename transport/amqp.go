@@ -289,6 +289,13 @@ type amqpChannel struct {
 	ch            *amqp.Channel
 	raw           *watchedConn
 	confirmBuffer int
+
+	// In confirm mode, the publishings whose confirm watchChannel has not
+	// forwarded yet, by delivery tag: their DeferredConfirmation holds the
+	// broker's answer (see outcome). Publish adds, watchChannel takes.
+	dcMu    sync.Mutex
+	dcs     map[uint64]*amqp.DeferredConfirmation
+	dcAdded chan struct{} // kicked after each add
 }
 
 // BeginBatch implements [Batcher].
@@ -317,21 +324,66 @@ func (c *amqpChannel) QueueBind(queue, key, exchange string) error {
 }
 
 func (c *amqpChannel) Confirm(ev ChannelEvents) error {
+	c.dcMu.Lock()
+	c.dcs = make(map[uint64]*amqp.DeferredConfirmation)
+	c.dcAdded = make(chan struct{}, 1)
+	c.dcMu.Unlock()
 	confirms := c.ch.NotifyPublish(make(chan amqp.Confirmation, c.confirmBuffer))
 	returns := c.ch.NotifyReturn(make(chan amqp.Return, 256))
 	closes := c.ch.NotifyClose(make(chan *amqp.Error, 1))
 	if err := c.ch.Confirm(false); err != nil {
 		return err
 	}
-	go watchChannel(confirms, returns, closes, ev)
+	go c.watchChannel(confirms, returns, closes, ev)
 	return nil
+}
+
+// outcome returns whether the broker acked the publishing that cf is the
+// confirm of. cf comes from amqp091-go's NotifyPublish stream, which delivers
+// one confirm per tag in tag order but takes the answer of a range from the
+// multiple ack or nack that ends it: a tag the broker nacked singly while an
+// earlier tag was unconfirmed is held back, then reported with the answer of
+// the next multiple (RabbitMQ nacks the messages of a quorum queue without a
+// leader at once, and acks the others later, coalesced: the nack became an
+// ack and the message was counted confirmed). The publishing's
+// DeferredConfirmation has the broker's own answer for its tag: amqp091-go
+// settles it on the ack or nack that names or covers it, before it notifies
+// the stream. Publish records it right after the write, so it can be a
+// moment late: outcome waits for it unless the channel closes meanwhile
+// (*closes set to nil, the error in *closeErr).
+func (c *amqpChannel) outcome(cf amqp.Confirmation, closes *<-chan *amqp.Error, closeErr *error) bool {
+	for {
+		c.dcMu.Lock()
+		dc := c.dcs[cf.DeliveryTag]
+		delete(c.dcs, cf.DeliveryTag)
+		c.dcMu.Unlock()
+		if dc != nil {
+			select {
+			case <-dc.Done():
+				return dc.Acked()
+			default:
+				return cf.Ack // not settled: cannot be, amqp091-go settles first
+			}
+		}
+		if *closes == nil {
+			return cf.Ack // the channel is gone: its Publish failed
+		}
+		select {
+		case <-c.dcAdded:
+		case e, ok := <-*closes:
+			if ok && e != nil {
+				*closeErr = e
+			}
+			*closes = nil
+		}
+	}
 }
 
 // watchChannel forwards one channel's events in the order the broker sent
 // them. amqp091-go hands a basic.return to the returns channel before it hands
 // the matching basic.ack to the confirms channel (both from its reader
 // goroutine), so pending returns are drained before each confirm is passed on.
-func watchChannel(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closes <-chan *amqp.Error, ev ChannelEvents) {
+func (c *amqpChannel) watchChannel(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closes <-chan *amqp.Error, ev ChannelEvents) {
 	forwardReturn := func(r amqp.Return) {
 		ev.Return(Return{ReplyCode: r.ReplyCode, ReplyText: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey, MessageID: r.MessageId, Headers: Table(r.Headers), Body: r.Body})
 	}
@@ -362,7 +414,7 @@ func watchChannel(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return,
 					break drain
 				}
 			}
-			ev.Confirm(Confirmation{DeliveryTag: cf.DeliveryTag, Ack: cf.Ack})
+			ev.Confirm(Confirmation{DeliveryTag: cf.DeliveryTag, Ack: c.outcome(cf, &closes, &closeErr)})
 		case e, ok := <-closes:
 			if ok && e != nil {
 				closeErr = e
@@ -409,6 +461,18 @@ func (c *amqpChannel) Publish(ctx context.Context, exchange, key string, mandato
 	}
 	if dc == nil {
 		return 0, nil
+	}
+	c.dcMu.Lock()
+	added := c.dcAdded
+	if c.dcs != nil {
+		c.dcs[dc.DeliveryTag] = dc
+	}
+	c.dcMu.Unlock()
+	if added != nil {
+		select {
+		case added <- struct{}{}:
+		default:
+		}
 	}
 	return dc.DeliveryTag, nil
 }

@@ -76,6 +76,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	kills := fs.Int("kills", 12, "least number of SIGKILLs of the crash scenario")
 	outage := fs.Duration("outage", 2*time.Minute, "how long the broker refuses connections in the long-outage scenario")
 	clusterOutage := fs.Duration("cluster-outage", 20*time.Second, "how long two of three nodes stay down in the cluster scenario")
+	clusterTap := fs.String("cluster-tap", os.Getenv(reliability.ClusterTapEnv), "cluster scenario: watch the wire through a tap per node, judge by it, and write its records to this directory (default $"+reliability.ClusterTapEnv+")")
 	verbose := fs.Bool("v", false, "show progress and the Producers' warnings on stderr")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: reliability all|%s [flags]\n\nscenarios (all runs these):\n", strings.Join(append(reliability.Names(), reliability.Extra()...), "|"))
@@ -125,6 +126,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		CrashKills:      *kills,
 		OutageDuration:  *outage,
 		ClusterOutage:   *clusterOutage,
+		ClusterTapDir:   *clusterTap,
 	}
 	if *verbose {
 		cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))

@@ -23,6 +23,14 @@ import (
 // that nothing accepted is missing, that no call overran its deadline and
 // that no goroutine is left. It leaves every node running, also when it
 // fails. It is not in the set "all" runs ([Extra]): it needs the cluster.
+//
+// With [Config.ClusterTap] the Producer connects through a tap per node
+// (internal/amqptap) and the wire is the judge as well: every message the
+// Producer counts confirmed must have a basic.ack from the broker for one
+// of its publishes (this caught amqp091-go's confirm stream turning a nack
+// into an ack, see transport/amqp.go), and a message acked on the wire but
+// never consumed is the broker's loss, reported as [Result.BrokerLost]
+// with its wire history rather than counted missing.
 const Cluster = "cluster"
 
 const (
@@ -51,7 +59,11 @@ func clusterNodeOf(urls []string, shown string) int {
 type clusterRun struct {
 	h    *run
 	urls []string
-	down [rabbittest.ClusterNodes + 1]bool // nodes this scenario stopped
+	// prodURLs are the URLs the Producer is given: urls, or the wire
+	// taps' in front of them (Config.ClusterTap), node n at index n-1.
+	prodURLs []string
+	wire     *clusterWire                      // nil without the taps
+	down     [rabbittest.ClusterNodes + 1]bool // nodes this scenario stopped
 	// phases are the faults' names and start times (since the run began),
 	// to say when the messages missing, if any, were accepted.
 	phases []phase
@@ -224,7 +236,21 @@ func cluster(h *run) {
 		h.res.failf("no local RabbitMQ cluster: %v", err)
 		return
 	}
-	c := &clusterRun{h: h, urls: urls}
+	c := &clusterRun{h: h, urls: urls, prodURLs: urls}
+	if h.r.cfg.ClusterTap {
+		w, err := startClusterWire(urls, h.r.cfg.ClusterTapDir)
+		if err != nil {
+			h.res.failf("starting the wire taps: %v", err)
+			return
+		}
+		c.wire, c.prodURLs = w, w.urls
+		h.closers = append(h.closers, w.close) // once the Producer is closed
+		h.wireAcked = w.acked
+		defer func() {
+			h.finish()
+			c.judge()
+		}()
+	}
 	// The checking consumer reads the cluster's quorum queues instead of
 	// the Runner's virtual host, and only once the faults are over, when
 	// every node runs, so that the check does not lean on consumer acks
@@ -255,7 +281,7 @@ func cluster(h *run) {
 	pub := publishing{goroutines: h.r.cfg.ClusterPublishers, think: 10 * time.Millisecond,
 		minDeadline: 100 * time.Millisecond, maxDeadline: time.Second}
 	if !h.setup(false, pub,
-		mlproducer.WithURLs(urls...),
+		mlproducer.WithURLs(c.prodURLs...),
 		mlproducer.WithTopology(mlproducer.Topology{QueueType: mlproducer.QueueQuorum}),
 		mlproducer.WithConnectionTimeout(2*time.Second),
 		mlproducer.WithHeartbeat(2*time.Second),
@@ -285,7 +311,7 @@ func cluster(h *run) {
 			return false
 		}
 		worst = max(worst, stopped+d)
-		at := clusterNodeOf(urls, h.prod.Status().URL)
+		at := clusterNodeOf(c.prodURLs, h.prod.Status().URL)
 		if err := c.start(nodes...); err != nil {
 			h.res.failf("%s: %v", what, err)
 			return false
@@ -296,7 +322,7 @@ func cluster(h *run) {
 	}
 
 	// 1. The node the Producer is connected to.
-	at := clusterNodeOf(urls, h.prod.Status().URL)
+	at := clusterNodeOf(c.prodURLs, h.prod.Status().URL)
 	if at == 0 {
 		h.res.failf("Status().URL %q names no cluster node", h.prod.Status().URL)
 		return
@@ -322,7 +348,7 @@ func cluster(h *run) {
 
 	// 4. Two of three down: the node left has no majority. The Producer
 	// stays on it when it can: stop the two others.
-	at = clusterNodeOf(urls, h.prod.Status().URL)
+	at = clusterNodeOf(c.prodURLs, h.prod.Status().URL)
 	var two []int
 	for n := 1; n <= rabbittest.ClusterNodes; n++ {
 		if n != at && len(two) < 2 {
@@ -387,7 +413,7 @@ func cluster(h *run) {
 	}
 	for _, a := range h.all {
 		if a.state == mlproducer.Confirmed {
-			if n, _ := h.cons.count(a.id); n == 0 {
+			if n, _ := h.cons.count(a.id); n == 0 && (h.wireAcked == nil || !h.wireAcked(a.id)) {
 				lost++
 			}
 		}
@@ -396,7 +422,7 @@ func cluster(h *run) {
 		h.res.failf("%d publishes returned Confirmed while the cluster had no majority", early)
 	}
 	if lost > 0 {
-		h.res.failf("%d publishes returned Confirmed and never arrived", lost)
+		h.res.failf("%d publishes returned Confirmed and never arrived (and the broker acked none of their publishes on the wire, where watched)", lost)
 	}
 	if m := c.missingByPhase(); m != "" {
 		h.res.notef("missing, by the fault under way when they were accepted: %s", m)

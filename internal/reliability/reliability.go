@@ -157,6 +157,18 @@ type Config struct {
 	// ClusterOutage is how long two of the cluster's three nodes stay down
 	// in the cluster scenario. Default 20 s.
 	ClusterOutage time.Duration
+	// ClusterTap puts a wire tap ([github.com/mlproducer/mlproducer/internal/amqptap])
+	// between the Producer and each node in the cluster scenario, which
+	// then judges by the wire: every message the Producer counts confirmed
+	// must have a basic.ack from the broker for one of its publishes, and a
+	// message the broker acked but the queues never held is counted in
+	// [Result.BrokerLost], not in Missing. Also set by ClusterTapDir.
+	ClusterTap bool
+	// ClusterTapDir, if set, is where the cluster scenario writes the tap's
+	// records (cluster-tap.log: every publish, its tag and the broker's
+	// answer; cluster-missing.log: the wire history of every message
+	// missing). Default: the environment's MLP_CLUSTER_TAP.
+	ClusterTapDir string
 	// Logger is the Producers' logger. Default: their logs are discarded.
 	Logger *slog.Logger
 	// Logf receives progress messages, one call per line, from the
@@ -188,6 +200,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ClusterOutage <= 0 {
 		c.ClusterOutage = 20 * time.Second
+	}
+	if c.ClusterTapDir == "" {
+		c.ClusterTapDir = os.Getenv(ClusterTapEnv)
+	}
+	if c.ClusterTapDir != "" {
+		c.ClusterTap = true
 	}
 	if c.Logf == nil {
 		c.Logf = func(string, ...any) {}

@@ -39,6 +39,12 @@ type Result struct {
 	// Missing is the number of accepted messages neither consumed nor
 	// dead-lettered: lost. It must be 0.
 	Missing int64
+	// BrokerLost is, where the wire is watched (the cluster scenario with
+	// its taps, [Config.ClusterTap]), the number of accepted messages
+	// neither consumed nor dead-lettered although the broker acked one of
+	// their publishes on the wire: lost by the broker after its confirm,
+	// not by the Producer. They are not counted in Missing.
+	BrokerLost int64
 	// Late is the number of calls that returned more than 50 ms after their
 	// ctx deadline. It must be 0.
 	Late int64
@@ -97,10 +103,14 @@ func (r Result) Verdict() string {
 // Line returns the scenario's one-line summary with its figures, as
 // examples/reliability prints it.
 func (r Result) Line() string {
-	return fmt.Sprintf("%s %s accepted=%d confirmed=%d duplicates=%d dead-lettered=%d missing=%d late=%d late-stalled=%d refused=%d p99=%s recover=%s peak-heap=%s goroutines=%d→%d time=%s",
+	lost := ""
+	if r.BrokerLost > 0 {
+		lost = fmt.Sprintf(" broker-lost=%d", r.BrokerLost)
+	}
+	return fmt.Sprintf("%s %s accepted=%d confirmed=%d duplicates=%d dead-lettered=%d missing=%d late=%d late-stalled=%d refused=%d p99=%s recover=%s peak-heap=%s goroutines=%d→%d time=%s%s",
 		r.Verdict(), r.Name, r.Accepted, r.Confirmed, r.Duplicates, r.DeadLettered, r.Missing, r.Late, r.LateStalled, r.Refused,
 		fmtDur(r.P99), fmtRecover(r.TimeToRecover), fmtBytes(r.PeakHeap), r.GoroutinesBefore, r.GoroutinesAfter,
-		r.Elapsed.Round(100*time.Millisecond))
+		r.Elapsed.Round(100*time.Millisecond), lost)
 }
 
 // WriteReport writes r's line, then its notes (indented, "-") and failures

@@ -138,12 +138,19 @@ type run struct {
 	oddMu    sync.Mutex
 	odd      []string // unexpected errors, first few
 
-	undo     []func() // restores run by finish, last first
-	finished bool
-	closeErr error
-	snap     []*dto.MetricFamily // the Producer's metrics just before Close
-	all      []accepted          // every accepted message, after finish
-	allIDs   map[[16]byte]int
+	undo []func() // restores run by finish, last first
+	// closers run in finish after the Producer and the consumer are closed,
+	// before the goroutines are counted (the cluster scenario's wire taps).
+	closers []func()
+	// wireAcked, when set, says that the broker acked a publish of id on the
+	// wire (the cluster scenario's taps): a message it reports is counted
+	// in BrokerLost, not in Missing, if it never arrived.
+	wireAcked func(id [16]byte) bool
+	finished  bool
+	closeErr  error
+	snap      []*dto.MetricFamily // the Producer's metrics just before Close
+	all       []accepted          // every accepted message, after finish
+	allIDs    map[[16]byte]int
 }
 
 const (
@@ -721,6 +728,9 @@ func (h *run) finish() {
 			res.failf("closing the fault proxy: %v", err)
 		}
 	}
+	for _, c := range h.closers {
+		c()
+	}
 	h.heapStop()
 	h.heapDone.Wait()
 
@@ -738,6 +748,8 @@ func (h *run) finish() {
 			res.Confirmed++
 			res.Duplicates += int64(n - 1)
 		case isDead:
+		case h.wireAcked != nil && h.wireAcked(a.id):
+			res.BrokerLost++
 		default:
 			res.Missing++
 		}
@@ -852,6 +864,9 @@ func (h *run) sampleMissing(dead map[[16]byte]deadInfo) string {
 		}
 		if _, ok := dead[a.id]; ok {
 			continue
+		}
+		if h.wireAcked != nil && h.wireAcked(a.id) {
+			continue // counted in BrokerLost
 		}
 		out = append(out, fmt.Sprintf("%s %s accepted at %s as %s", taskQueues()[a.typ], uuid.UUID(a.id), fmtDur(a.at), a.state))
 	}
