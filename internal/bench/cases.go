@@ -48,7 +48,7 @@ type spec struct {
 	// quorum runs the case on the local 3-node cluster (-cluster), on a
 	// quorum queue: raw-N-quorum and producer-publish-N-quorum.
 	quorum bool
-	// env is the envelope of a kindRawEnv case: one of envProps; on a
+	// env is the envelope of a kindRawEnv case: one of envCases; on a
 	// kindPublish case, envAll is the Producer with WithEnvelope(EnvelopeAll)
 	// (producer-publish-64-envall), its envelope before issue 13.
 	env string
