@@ -353,16 +353,7 @@ func (s *session) write(ex string, batch []*attempt) bool {
 		}
 		m := a.m
 		m.sentAt.Store(time.Now().UnixNano())
-		pub := transport.Publishing{
-			ContentType: "application/json",
-			MessageID:   m.id,
-			Timestamp:   time.Unix(0, m.created),
-			Type:        string(m.typ),
-			AppID:       s.p.cfg.appID,
-			Persistent:  true,
-			Headers:     s.p.headersFor(m, a.n),
-			Body:        m.body,
-		}
+		pub := s.p.publishing(m, a.n)
 		if md := m.meta; md != nil {
 			pub.Priority, pub.Expiration, pub.CorrelationID = md.priority, md.expiration, md.correlationID
 		}
@@ -377,7 +368,7 @@ func (s *session) write(ex string, batch []*attempt) bool {
 			s.fail(fmt.Errorf("publish: %w", err))
 			return false
 		}
-		// Only a write that returned counts in the attempt header.
+		// Only a write that returned counts as an attempt.
 		m.sends.Store(a.n)
 	}
 	if batcher != nil {
@@ -579,10 +570,16 @@ func (s *session) onConfirm(c transport.Confirmation) {
 	}
 }
 
-// onReturn marks the attempt the return belongs to; its ack, which follows,
-// then counts as a failure. The match is exact: message ID, routing key and
-// attempt header, and the body when several attempts still match (two
-// messages of one caller with one ID); of identical publishings, the oldest.
+// onReturn marks the attempts the return may belong to; the ack of each,
+// which follows, then counts as a failure. A pending attempt matches when
+// its message ID, routing key and body are the return's, and its attempt
+// number is the header's when the return carries [AttemptHeader]. Every
+// match is marked, not one: without the header (the default envelope), a
+// timed-out attempt and the retry of the same message pending on one
+// session are identical publishings, and so are two messages of one caller
+// with one ID and body. Marking one that was routed only sends its message
+// once more (a duplicate); leaving the returned one unmarked would count an
+// unroutable message as confirmed (a loss).
 func (s *session) onReturn(r transport.Return) {
 	if !s.enter() {
 		return
@@ -590,7 +587,6 @@ func (s *session) onReturn(r transport.Return) {
 	defer s.cbs.Done()
 	defer s.mu.Unlock()
 	n, hasN := r.Headers[AttemptHeader].(int32)
-	var best *attempt
 	for _, a := range s.pending {
 		if a.m == nil || a.returned != nil || a.m.id != r.MessageID || a.m.typ.RoutingKey() != r.RoutingKey {
 			continue
@@ -598,12 +594,7 @@ func (s *session) onReturn(r transport.Return) {
 		if hasN && a.n != n || r.Body != nil && !bytes.Equal(a.m.body, r.Body) {
 			continue
 		}
-		if best == nil || a.tag < best.tag {
-			best = a
-		}
-	}
-	if best != nil {
-		best.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
+		a.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
 	}
 }
 

@@ -254,7 +254,7 @@ func TestAttemptHeaderCountsOnlyWritesThatReturned(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
-		p := newFake(t, b, mlproducer.WithConfirmTimeout(time.Hour))
+		p := newFake(t, b, mlproducer.WithConfirmTimeout(time.Hour), mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt))
 		waitConnected(t, p)
 		b.StallWrites(true)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)

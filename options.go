@@ -36,7 +36,8 @@ type DeadLetter struct {
 	// hook may keep it; the Producer no longer writes to it).
 	Message Message
 	// Attempts is how many times the message was written to a connection:
-	// the value of [AttemptHeader] on its last send, counted across
+	// the attempt number of its last send (what [AttemptHeader] carries
+	// with [WithEnvelope]([EnvelopeAttempt])), counted across
 	// restarts with [WithSpool]. A message whose retries ran out was sent
 	// maxRetries+1 times, plus any send lost with its connection (those
 	// are retried without spending a retry). At Close it is 0 for a
@@ -79,6 +80,7 @@ type config struct {
 	deadLetter        func(DeadLetter)
 	registerer        prometheus.Registerer
 	appID             string
+	envelope          EnvelopeField // WithEnvelope: properties beyond the default envelope
 	connectionName    string
 	limits            taskLimits
 	spoolDir          string
@@ -165,6 +167,8 @@ func (c *config) validate() error {
 		return optErr("WithMaxInFlight", c.maxInFlight, "must be > 0")
 	case c.logger == nil:
 		return optErr("WithLogger", "nil", "pass a *slog.Logger")
+	case c.envelope&^EnvelopeAll != 0:
+		return optErr("WithEnvelope", uint8(c.envelope), "unknown field; use EnvelopeTimestamp, EnvelopeType, EnvelopeAppID, EnvelopeAttempt or EnvelopeAll")
 	}
 	if err := c.topology.validate(); err != nil {
 		return err
@@ -562,6 +566,7 @@ func WithConnectionName(name string) Option { return func(c *config) { c.connect
 //	ML_MAX_CONTENT_BYTES          content limit per task, bytes, 1 to 536805376 (WithMaxContentBytes)
 //	ML_MEDIA_URL_SCHEMES          comma-separated schemes a media URL may use (WithMediaURLSchemes)
 //	ML_CONNECTION_NAME            connection name shown by the broker (WithConnectionName)
+//	ML_ENVELOPE                   properties beyond the default envelope: comma-separated timestamp, type, app_id, attempt, or all, or none (WithEnvelope)
 //	ML_SPOOL_DIR                  directory of the crash-safe spool (WithSpool)
 //	ML_SPOOL_MESSAGES             spool capacity, messages, >= 1 (WithSpoolCapacity)
 //	ML_SPOOL_BYTES                spool capacity, bytes of bodies, >= 1 (WithSpoolCapacity)
@@ -813,6 +818,32 @@ func optionsFromLookup(lookup func(string) (string, bool)) ([]Option, error) {
 	}
 	if v, ok := r.str("ML_CONNECTION_NAME"); ok {
 		add(WithConnectionName(v))
+	}
+	if fields, ok := r.list("ML_ENVELOPE"); ok {
+		var e EnvelopeField
+		for _, f := range fields {
+			switch strings.ToLower(f) {
+			case "timestamp":
+				e |= EnvelopeTimestamp
+			case "type":
+				e |= EnvelopeType
+			case "app_id":
+				e |= EnvelopeAppID
+			case "attempt":
+				e |= EnvelopeAttempt
+			case "all":
+				e |= EnvelopeAll
+			case "none":
+				if len(fields) > 1 {
+					r.fail("ML_ENVELOPE", r.given("ML_ENVELOPE"), `"none" stands alone`)
+				}
+			default:
+				r.fail("ML_ENVELOPE", r.given("ML_ENVELOPE"), `want a comma-separated list of timestamp, type, app_id, attempt, or "all", or "none"`)
+			}
+		}
+		if r.err == nil {
+			add(WithEnvelope(e))
+		}
 	}
 
 	if v, ok := r.str("ML_SPOOL_DIR"); ok {

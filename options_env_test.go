@@ -160,6 +160,13 @@ func envCases() []envCase {
 		{"ML_CONNECTION_NAME", map[string]func(*testing.T, config){
 			" billing-api ": func(t *testing.T, c config) { assert.Equal(t, "billing-api", c.connectionName) },
 		}, nil},
+		{"ML_ENVELOPE", map[string]func(*testing.T, config){
+			"timestamp":    func(t *testing.T, c config) { assert.Equal(t, EnvelopeTimestamp, c.envelope) },
+			"Type, app_id": func(t *testing.T, c config) { assert.Equal(t, EnvelopeType|EnvelopeAppID, c.envelope) },
+			"attempt":      func(t *testing.T, c config) { assert.Equal(t, EnvelopeAttempt, c.envelope) },
+			"all":          func(t *testing.T, c config) { assert.Equal(t, EnvelopeAll, c.envelope) },
+			"none":         func(t *testing.T, c config) { assert.Zero(t, c.envelope) },
+		}, []string{"headers", "none,type", "type,", "appid"}},
 		{"ML_SPOOL_DIR", map[string]func(*testing.T, config){
 			"/var/lib/mlproducer": func(t *testing.T, c config) { assert.Equal(t, "/var/lib/mlproducer", c.spoolDir) },
 		}, nil},

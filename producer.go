@@ -20,8 +20,9 @@ import (
 )
 
 // AttemptHeader is the AMQP header that carries the attempt number of a
-// message (1 for the first send). Consumers may read it; the message ID stays
-// the same across attempts.
+// message (1 for the first send) when the Producer is made with
+// [WithEnvelope]([EnvelopeAttempt]); the default envelope has no headers.
+// Consumers may read it; the message ID stays the same across attempts.
 const AttemptHeader = "x-mlproducer-attempt"
 
 // DeliveryState says how far a published message got when the call returned.

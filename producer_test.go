@@ -85,9 +85,11 @@ func TestPublishConfirmed(t *testing.T) {
 		assert.Equal(t, r.MessageID, m.MessageID)
 		assert.Equal(t, "application/json", m.ContentType)
 		assert.True(t, m.Persistent)
-		assert.Equal(t, "summarization", m.Type)
-		assert.Equal(t, "mlproducer", m.AppID)
-		assert.EqualValues(t, 1, m.Headers[mlproducer.AttemptHeader])
+		// The default envelope (TestEnvelopeDefault): no type, app id
+		// nor headers.
+		assert.Empty(t, m.Type)
+		assert.Empty(t, m.AppID)
+		assert.Nil(t, m.Headers)
 		task, err := mlproducer.DecodeTask(m.Body)
 		require.NoError(t, err)
 		assert.Equal(t, r.MessageID, task.MessageID)
@@ -278,7 +280,7 @@ func TestNoAttemptSpentWhileDisconnected(t *testing.T) {
 		defer b.Close()
 		var dl deadLetters
 		p := newFake(t, b, mlproducer.WithDeadLetter(dl.hook), mlproducer.WithMaxRetries(1),
-			mlproducer.WithReconnectBackoff(time.Second, time.Minute))
+			mlproducer.WithReconnectBackoff(time.Second, time.Minute), mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt))
 		waitConnected(t, p)
 		b.RefuseDials(errors.New("connection refused"))
 		b.DropConnections(nil)

@@ -196,10 +196,19 @@ func checkHeaders(h map[string]any) (transport.Table, error) {
 	return t, nil
 }
 
-// headersFor returns the headers of attempt n of m: the Producer's attempt
-// header, with the caller's headers when there are any (a table of its own
-// for each attempt: the transport reads it while the next is built).
+// headersFor returns the headers of attempt n of m: the caller's headers
+// (with the trace context, when tracing is on), and the Producer's attempt
+// header with [EnvelopeAttempt], in a table of its own for each attempt (the
+// transport reads it while the next is built). Without EnvelopeAttempt, m's
+// headers are sent as they are (nothing writes to them once m is accepted),
+// and a message without any has no headers table at all.
 func (p *Producer) headersFor(m *message, n int32) transport.Table {
+	if p.cfg.envelope&EnvelopeAttempt == 0 {
+		if m.meta == nil || len(m.meta.headers) == 0 {
+			return nil
+		}
+		return m.meta.headers
+	}
 	if m.meta == nil || len(m.meta.headers) == 0 {
 		return p.attemptHeaders(n)
 	}

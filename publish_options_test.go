@@ -119,7 +119,7 @@ func TestPublishOptionsKeptAcrossRetriesAndReconnects(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
-		p := newFake(t, b, mlproducer.WithConfirmTimeout(time.Second))
+		p := newFake(t, b, mlproducer.WithConfirmTimeout(time.Second), mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt))
 		waitConnected(t, p)
 		b.NackNext(1)
 		r, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{}, every("order-1")...)
@@ -165,7 +165,7 @@ func TestPublishOptionsKeptAcrossARestart(t *testing.T) {
 		b := mlproducertest.NewBroker()
 		defer b.Close()
 		b.RefuseDials(errors.New("down"))
-		p := newFake(t, b, mlproducer.WithSpool(dir))
+		p := newFake(t, b, mlproducer.WithSpool(dir), mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt))
 		_, err := p.PublishSummarization(context.Background(), "s", "text", mlproducer.SummarizationOptions{}, every("order-3")...)
 		require.NoError(t, err)
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
@@ -173,7 +173,7 @@ func TestPublishOptionsKeptAcrossARestart(t *testing.T) {
 		cancel()
 
 		b.RefuseDials(nil)
-		p2 := newFake(t, b, mlproducer.WithSpool(dir))
+		p2 := newFake(t, b, mlproducer.WithSpool(dir), mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt))
 		for len(b.Messages("ml.summarization")) == 0 {
 			time.Sleep(time.Millisecond)
 		}
@@ -189,7 +189,8 @@ func TestRabbitMQPublishOptions(t *testing.T) {
 	url := rabbittest.Require(t)
 	rabbittest.PurgeQueues(t, url, taskQueues...)
 	t.Cleanup(func() { rabbittest.PurgeQueues(t, url, taskQueues...) })
-	p, err := mlproducer.New(mlproducer.WithURLs(url), mlproducer.WithReconnectBackoff(20*time.Millisecond, 200*time.Millisecond))
+	p, err := mlproducer.New(mlproducer.WithURLs(url), mlproducer.WithReconnectBackoff(20*time.Millisecond, 200*time.Millisecond),
+		mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt))
 	require.NoError(t, err)
 	waitConnected(t, p)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -40,10 +40,35 @@ type simNet struct {
 	pubMu sync.RWMutex // writes hold it for reading; deleteQueue for writing
 }
 
+// simWriteHeader marks each write with its seq, so that a basic.return names
+// the write it belongs to even when the Producer's envelope has no attempt
+// header (the fake returns a copy of the headers as published). The
+// Producer never sees it: it is added below the Producer's Publish and taken
+// off the return before the Producer gets it.
+const simWriteHeader = "x-sim-write"
+
+// withoutSimMark returns h without simWriteHeader, or nil when nothing else
+// is left, as a broker returns a publishing that had no headers.
+func withoutSimMark(h transport.Table) transport.Table {
+	if len(h) <= 1 {
+		if _, ok := h[simWriteHeader]; ok || len(h) == 0 {
+			return nil
+		}
+		return h
+	}
+	out := make(transport.Table, len(h)-1)
+	for k, v := range h {
+		if k != simWriteHeader {
+			out[k] = v
+		}
+	}
+	return out
+}
+
 // simWrite is one write of a call's message: one Channel.Publish.
 type simWrite struct {
 	k          int
-	n          int32 // attempt header
+	n          int32 // attempt header (0 without EnvelopeAttempt)
 	gen        int   // the Producer that wrote it
 	seq        uint64
 	began      time.Time
@@ -163,11 +188,13 @@ func (ch *simChannel) Confirm(ev transport.ChannelEvents) error {
 			ev.Confirm(c)
 		},
 		Return: func(r transport.Return) {
-			k := tokenOf(r.Body)
-			a, _ := r.Headers[mlproducer.AttemptHeader].(int32)
+			// The write's own mark names it exactly, whatever the
+			// envelope; the Producer gets the return without it.
+			seq, _ := r.Headers[simWriteHeader].(uint64)
+			r.Headers = withoutSimMark(r.Headers)
 			n.mu.Lock()
 			for _, w := range ch.byTag {
-				if w.k == k && w.n == a {
+				if w.seq == seq {
 					w.bounced = true
 				}
 			}
@@ -204,6 +231,13 @@ func (ch *simChannel) Publish(ctx context.Context, exchange, key string, mandato
 	w.tag = ch.lastTag + 1
 	ch.byTag[w.tag] = w
 	n.mu.Unlock()
+
+	marked := make(transport.Table, len(msg.Headers)+1)
+	for k, v := range msg.Headers {
+		marked[k] = v
+	}
+	marked[simWriteHeader] = w.seq
+	msg.Headers = marked
 
 	n.pubMu.RLock()
 	tag, err := ch.Channel.Publish(ctx, exchange, key, mandatory, msg)

@@ -172,6 +172,9 @@ func (s *simState) options(g *simGen) []mlproducer.Option {
 			s.deadMu.Unlock()
 		}),
 	}
+	if cfg.attemptHeader {
+		opts = append(opts, mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt))
+	}
 	if cfg.spool {
 		opts = append(opts, mlproducer.WithSpool(s.dir), mlproducer.WithSpoolCapacity(cfg.retryCap+cfg.maxInFlight, 64<<20))
 	}

@@ -150,6 +150,10 @@ type simConfig struct {
 
 	traced bool // publishes traced into a span recorder (invariant 11, sim_trace_test.go)
 	async  bool // some calls are PublishAsync, and publishers Flush (invariant 12, sim_async_test.go)
+	// attemptHeader is WithEnvelope(EnvelopeAttempt): returns then name
+	// their attempt; without it (the default envelope) a return matches
+	// every identical pending attempt.
+	attemptHeader bool
 }
 
 // liveBound is how long, once every fault is lifted and the publishers have
@@ -253,6 +257,7 @@ func newSimConfig(rng *rand.Rand) simConfig {
 	// Drawn last, so that the draws above stay those of older seeds.
 	c.traced = rng.IntN(3) == 0
 	c.async = rng.IntN(3) == 0
+	c.attemptHeader = rng.IntN(2) == 0
 	return c
 }
 
@@ -272,6 +277,9 @@ func (c simConfig) String() string {
 	}
 	if c.holdAtStart {
 		s += "; confirms held from the start"
+	}
+	if c.attemptHeader {
+		s += "; attempt header on"
 	}
 	if c.dupShare > 0 {
 		s += fmt.Sprintf("; %.0f%% of calls share two caller ids; from the start returns %.2f, confirm delay %v",

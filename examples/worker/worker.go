@@ -226,7 +226,12 @@ func (w *worker) handle(queue string, d amqp.Delivery) {
 	if id == "" {
 		id = task.MessageID
 	}
-	attempt := fmt.Sprint(d.Headers[mlproducer.AttemptHeader])
+	// The attempt header is there only when the Producer sends it
+	// (WithEnvelope(mlproducer.EnvelopeAttempt)).
+	attempt := "-"
+	if n, ok := d.Headers[mlproducer.AttemptHeader]; ok {
+		attempt = fmt.Sprint(n)
+	}
 	if !w.seen.Add(id) {
 		w.duplicates.Add(1)
 		w.log.Info("worker: duplicate", slog.String("queue", queue), slog.String("messageId", id),

@@ -22,6 +22,10 @@ const (
 	// taskQueue is where the Producer's summarization tasks land (its
 	// default topology: exchange ml.tasks, queue ml.summarization).
 	taskQueue = "ml.summarization"
+	// taskExchange is the Producer's default exchange, which the envelope
+	// cases publish to, with envQueue's name as the routing key.
+	taskExchange = "ml.tasks"
+	envQueue     = "bench.env"
 )
 
 // withVhost returns raw with its virtual host replaced by vhost.
@@ -155,6 +159,23 @@ func (a *admin) declareRaw(queue, queueType string) error {
 			return err
 		}
 		return ch.QueueBind(queue, queue, rawExchange, false, nil)
+	})
+}
+
+// declareEnv declares the envelope cases' queue: a durable classic queue
+// like the Producer's (x-queue-type classic, nothing else), bound to the
+// Producer's exchange (declared as the Producer declares it) with a routing
+// key of its own, so that a Producer case of another run on the same
+// virtual host never puts messages in it.
+func (a *admin) declareEnv() error {
+	return a.do(func(ch *amqp.Channel) error {
+		if err := ch.ExchangeDeclare(taskExchange, "direct", true, false, false, false, nil); err != nil {
+			return err
+		}
+		if _, err := ch.QueueDeclare(envQueue, true, false, false, false, amqp.Table{"x-queue-type": "classic"}); err != nil {
+			return err
+		}
+		return ch.QueueBind(envQueue, envQueue, taskExchange, false, nil)
 	})
 }
 

@@ -27,6 +27,7 @@ const (
 	kindSummarization             // Producer.PublishSummarization, encoding included
 	kindPublishSpool              // Producer.Publish with WithSpool, prebuilt body
 	kindPublishAsync              // one goroutine calling Producer.PublishAsync, WithMaxInFlight(window)
+	kindRawEnv                    // raw-N to the Producer's exchange with one envelope property (env)
 )
 
 // windowSize is the number of confirms raw-window keeps outstanding unless
@@ -47,6 +48,10 @@ type spec struct {
 	// quorum runs the case on the local 3-node cluster (-cluster), on a
 	// quorum queue: raw-N-quorum and producer-publish-N-quorum.
 	quorum bool
+	// env is the envelope of a kindRawEnv case: one of envCases; on a
+	// kindPublish case, envAll is the Producer with WithEnvelope(EnvelopeAll)
+	// (producer-publish-64-envall), its envelope before issue 13.
+	env string
 }
 
 // windowLen returns the window of a raw-window case.
@@ -76,6 +81,9 @@ func (s spec) plainName() string {
 	case kindRawNoConfirm:
 		return "raw-noconfirm"
 	case kindPublish:
+		if s.env != "" {
+			return fmt.Sprintf("producer-publish-%d-env%s", s.callers, s.env)
+		}
 		return fmt.Sprintf("producer-publish-%d", s.callers)
 	case kindSummarization:
 		return fmt.Sprintf("producer-summarization-%d", s.callers)
@@ -83,6 +91,8 @@ func (s spec) plainName() string {
 		return fmt.Sprintf("producer-spool-publish-%d", s.callers)
 	case kindPublishAsync:
 		return fmt.Sprintf("producer-async-w%d", s.windowLen())
+	case kindRawEnv:
+		return fmt.Sprintf("raw-%d-env-%s", s.callers, s.env)
 	}
 	return "?"
 }
@@ -157,22 +167,30 @@ func (e *env) runCase(s spec) (outcome, error) {
 }
 
 // runRaw measures raw amqp091-go. Every publishing carries what the
-// Producer's do (persistent, mandatory, content type, a UUIDv7 message id,
-// timestamp, type, app id and one header) to a durable direct exchange bound
-// to a durable classic queue, so both put the same bytes on the wire.
+// Producer's did before issue 13 (persistent, mandatory, content type, a
+// UUIDv7 message id, timestamp, type, app id and one header) to a durable
+// direct exchange bound to a durable classic queue, so both put the same
+// bytes on the wire. The envelope cases (kindRawEnv) publish to the
+// Producer's exchange instead, to a queue of their own like the Producer's,
+// with the properties of their envelope only.
 func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 	queueType := "classic"
 	if s.quorum {
 		queueType = "quorum"
 	}
-	rawQueue := rawQueue + "." + queueType
-	if err := adm.declareRaw(rawQueue, queueType); err != nil {
-		return outcome{}, fmt.Errorf("declare %s: %w", rawQueue, err)
+	exchange, queue := rawExchange, rawQueue+"."+queueType
+	declare := func() error { return adm.declareRaw(queue, queueType) }
+	if s.kind == kindRawEnv {
+		exchange, queue = taskExchange, envQueue
+		declare = adm.declareEnv
 	}
-	if err := adm.purge(rawQueue); err != nil {
-		return outcome{}, fmt.Errorf("purge %s: %w", rawQueue, err)
+	if err := declare(); err != nil {
+		return outcome{}, fmt.Errorf("declare %s: %w", queue, err)
 	}
-	defer func() { _ = adm.purge(rawQueue) }()
+	if err := adm.purge(queue); err != nil {
+		return outcome{}, fmt.Errorf("purge %s: %w", queue, err)
+	}
+	defer func() { _ = adm.purge(queue) }()
 
 	conn, err := dial(url, "mlproducer-bench raw")
 	if err != nil {
@@ -197,6 +215,7 @@ func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 	headers := amqp.Table{mlproducer.AttemptHeader: int32(1)} // read-only, shared
 	ctx := context.Background()
 	var published, acked atomic.Int64
+	mandatory := true
 	publishing := func() amqp.Publishing {
 		id, _ := uuid.NewV7()
 		return amqp.Publishing{
@@ -210,8 +229,11 @@ func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 			Body:         body,
 		}
 	}
+	if s.kind == kindRawEnv {
+		mandatory, publishing = envelope(s.env, body)
+	}
 	publishOn := func(ch *amqp.Channel) (*amqp.DeferredConfirmation, error) {
-		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, rawExchange, rawQueue, true, false, publishing())
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, exchange, queue, mandatory, false, publishing())
 		if err == nil {
 			published.Add(1)
 		}
@@ -222,7 +244,7 @@ func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 
 	var m measurement
 	switch s.kind {
-	case kindRaw:
+	case kindRaw, kindRawEnv:
 		m, err = drive(e.probe, s.callers, e.cfg.warmup, e.cfg.duration, closedLoopW(func(w int) (bool, error) {
 			dc, err := publishOn(chans[w%len(chans)])
 			if err != nil {
@@ -269,7 +291,7 @@ func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 		})
 	case kindRawNoConfirm:
 		m, err = drive(e.probe, 1, e.cfg.warmup, e.cfg.duration, closedLoop(func() (bool, error) {
-			err := ch.PublishWithContext(ctx, rawExchange, rawQueue, true, false, publishing())
+			err := ch.PublishWithContext(ctx, exchange, queue, mandatory, false, publishing())
 			if err != nil {
 				return false, err
 			}
@@ -284,9 +306,9 @@ func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 	if !confirm {
 		want = published.Load()
 	}
-	depth, err := adm.settledDepth(rawQueue, int(want), 30*time.Second)
+	depth, err := adm.settledDepth(queue, int(want), 30*time.Second)
 	if err != nil {
-		return outcome{}, fmt.Errorf("count %s: %w", rawQueue, err)
+		return outcome{}, fmt.Errorf("count %s: %w", queue, err)
 	}
 	out := outcome{m: m, check: "ok"}
 	switch {
@@ -337,6 +359,9 @@ func (e *env) runProducer(adm *admin, url string, s spec) (outcome, error) {
 	}
 	if s.kind == kindPublishAsync {
 		opts = append(opts, mlproducer.WithMaxInFlight(s.windowLen()))
+	}
+	if s.env == envAll {
+		opts = append(opts, mlproducer.WithEnvelope(mlproducer.EnvelopeAll))
 	}
 	if s.kind == kindPublishSpool {
 		dir, err := e.newSpoolDir()

@@ -4,7 +4,7 @@
 // them alike, and prints a markdown table, the Producer/raw ratios checked
 // against the targets of issue 5, and a delivery check of every case.
 //
-//	go run ./internal/bench               # the full run (about 10 minutes)
+//	go run ./internal/bench               # the full run (about 10 minutes, 7 more for the envelope cases)
 //	go run ./internal/bench -quick        # about a minute: 1 s cases, 1 KiB only
 //	go run ./internal/bench -only '^producer-publish-64$' -sizes 1024 -cpuprofile cpu.prof
 //	go run ./internal/bench -json /tmp/bench.json  # also the results as JSON, for internal/bench/chart
@@ -34,6 +34,17 @@
 //     10's targets are checked in a table of their own.
 //   - producer-async-wN (-async-windows): one goroutine calls
 //     Producer.PublishAsync with WithMaxInFlight(N), against raw-window256.
+//   - raw-64-env-P (issue 13 item 5): raw-64 publishing to the Producer's
+//     exchange (ml.tasks; queue bench.env, a classic queue like the
+//     Producer's, routing key bench.env) a persistent message
+//     with one envelope property P on top: msgid, timestamp, type, appid,
+//     ctype (content type), attempt (the attempt header), mandatory (the
+//     flag); bare has none, keep has message id, content type and mandatory,
+//     props every property and mandatory but no headers table, all
+//     everything the Producer sent before issue 13. The report
+//     gives each as a ratio to bare, round by round (-only 'raw-64-env'),
+//     and so producer-publish-64 (the default envelope) and
+//     producer-publish-64-envall (WithEnvelope(EnvelopeAll)) when they ran.
 //   - raw-N-quorum and producer-publish-N-quorum (N = 1, 64; -cluster): the
 //     same as raw-N and producer-publish-N on a quorum queue of the local
 //     3-node cluster (scripts/rabbitmq-cluster.sh, started if needed).
@@ -254,6 +265,12 @@ func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 				specs = append(specs, spec{kind: kindPublishSpool, callers: n, size: size})
 			}
 			specs = append(specs, spec{kind: kindSummarization, callers: n, size: size})
+			if n == envCallers {
+				specs = append(specs, spec{kind: kindPublish, callers: n, size: size, env: envAll})
+				for _, prop := range envCases {
+					specs = append(specs, spec{kind: kindRawEnv, callers: n, size: size, env: prop})
+				}
+			}
 		}
 		for _, w := range cfg.rawWindows {
 			specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size, window: w})
@@ -327,7 +344,14 @@ func run() int {
 		cfg.spoolFS = e.cfg.spoolFS
 	}
 	if u, err := url.Parse(e.url); err == nil {
-		e.probe = newProbe(u.Hostname())
+		port := u.Port()
+		if port == "" {
+			port = "5672"
+			if u.Scheme == "amqps" {
+				port = "5671"
+			}
+		}
+		e.probe = newProbe(u.Hostname(), port)
 	}
 	if cfg.cluster {
 		logf("starting the local 3-node cluster (scripts/rabbitmq-cluster.sh up) for the quorum cases")
@@ -456,6 +480,7 @@ func run() int {
 	logf("done in %v", time.Since(started).Round(time.Second))
 
 	report(os.Stdout, cfg, info, &res, steadyCallers)
+	envReport(os.Stdout, cfg, &res)
 	spoolReport(os.Stdout, cfg, &res, steadyCallers)
 	asyncHeapReport(os.Stdout, res.asyncHeap)
 	jsonFailed := false
@@ -502,7 +527,8 @@ func (r *results) sortedSpecs() []spec {
 			}
 			return 0
 		}
-		return cmp.Or(cmp.Compare(a.size, b.size), cmp.Compare(q(a), q(b)), cmp.Compare(a.kind, b.kind), cmp.Compare(a.callers, b.callers), cmp.Compare(a.channels, b.channels))
+		return cmp.Or(cmp.Compare(a.size, b.size), cmp.Compare(q(a), q(b)), cmp.Compare(a.kind, b.kind), cmp.Compare(a.callers, b.callers), cmp.Compare(a.channels, b.channels),
+			cmp.Compare(slices.Index(envCases, a.env), slices.Index(envCases, b.env)))
 	})
 	return s
 }

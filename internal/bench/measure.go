@@ -70,12 +70,15 @@ type probe struct {
 	brokerPID int // 0: not local, or not found
 }
 
-// newProbe looks for the broker's process when host is a loopback address.
-func newProbe(host string) *probe {
+// newProbe looks for the broker's process when host is a loopback address:
+// the beam.smp that listens on port, when several run (the nodes of the
+// local cluster beside the broker), else the only one.
+func newProbe(host, port string) *probe {
 	p := &probe{}
 	if host != "127.0.0.1" && host != "localhost" && host != "::1" {
 		return p
 	}
+	var beams []int
 	dirs, _ := os.ReadDir("/proc")
 	for _, d := range dirs {
 		pid, err := strconv.Atoi(d.Name())
@@ -83,11 +86,53 @@ func newProbe(host string) *probe {
 			continue
 		}
 		if comm, err := os.ReadFile("/proc/" + d.Name() + "/comm"); err == nil && strings.TrimSpace(string(comm)) == "beam.smp" {
-			p.brokerPID = pid
-			break
+			beams = append(beams, pid)
+		}
+	}
+	switch {
+	case len(beams) == 1:
+		p.brokerPID = beams[0]
+	case len(beams) > 1:
+		p.brokerPID = listener(beams, port)
+		if p.brokerPID == 0 {
+			logf("broker CPU: %d beam.smp processes and none found listening on port %s: not measured", len(beams), port)
 		}
 	}
 	return p
+}
+
+// listener returns the pid among pids that holds the listening TCP socket of
+// port (from /proc/net/tcp and tcp6 and the processes' fds), or 0.
+func listener(pids []int, port string) int {
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return 0
+	}
+	hexPort := fmt.Sprintf(":%04X", n)
+	inodes := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		for line := range strings.SplitSeq(string(b), "\n") {
+			// sl local_address rem_address st ... inode
+			fs := strings.Fields(line)
+			if len(fs) > 9 && strings.HasSuffix(fs[1], hexPort) && fs[3] == "0A" {
+				inodes["socket:["+fs[9]+"]"] = true
+			}
+		}
+	}
+	for _, pid := range pids {
+		fdDir := "/proc/" + strconv.Itoa(pid) + "/fd"
+		fds, _ := os.ReadDir(fdDir)
+		for _, fd := range fds {
+			if l, err := os.Readlink(fdDir + "/" + fd.Name()); err == nil && inodes[l] {
+				return pid
+			}
+		}
+	}
+	return 0
 }
 
 // clockTick is the unit of /proc times (USER_HZ, 100 on Linux).

@@ -64,6 +64,8 @@ var (
 	mRate = metric{"msg/s", func(m measurement) float64 { return m.rate() }}
 	mCPU  = metric{"CPU/msg", func(m measurement) float64 { return float64(m.cpuPerMsg()) }}
 	mP99  = metric{"p99", func(m measurement) float64 { return float64(m.p99) }}
+	// mBroker is the local broker's CPU per message.
+	mBroker = metric{"broker CPU/msg", func(m measurement) float64 { return float64(m.brokerPerMsg()) }}
 )
 
 // medianOf is the median of a metric over the runs that succeeded.
@@ -107,6 +109,10 @@ func ratios() []ratio {
 		{"producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mRate, true, 0.95, false},
 		{"producer-async-w4096 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 4096}, window, mRate, true, 0.95, false},
 		{"CPU/msg producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mCPU, false, 1.0, false},
+		// Issue 13 item 5: the default envelope against a bare persistent
+		// publish to the same exchange and queue.
+		{"producer-publish-64 / raw-64-env-bare", pub(64), spec{kind: kindRawEnv, callers: envCallers, env: envBare}, mRate, true, 0.95, false},
+		{"p99 producer-publish-64 / raw-64-env-bare", pub(64), spec{kind: kindRawEnv, callers: envCallers, env: envBare}, mP99, false, 1.1, false},
 		// Issue 12: on quorum queues of the 3-node cluster (-cluster).
 		{"producer-publish-1-quorum / raw-1-quorum", quorum(pub(1)), quorum(raw(1)), mRate, true, 0.95, false},
 		{"producer-publish-64-quorum / raw-64-quorum", quorum(pub(64)), quorum(raw(64)), mRate, true, 0.95, false},
@@ -144,7 +150,7 @@ func report(w io.Writer, cfg config, info []string, res *results, steadyCallers 
 		p99, _ := medianOf(runs, mP99)
 		cpu, _ := medianOf(runs, mCPU)
 		allocs, _ := medianOf(runs, metric{get: measurement.allocsPerMsg})
-		broker, _ := medianOf(runs, metric{get: func(m measurement) float64 { return float64(m.brokerPerMsg()) }})
+		broker, _ := medianOf(runs, mBroker)
 		others, _ := medianOf(runs, metric{get: measurement.othersShare})
 		var by []string
 		checks := map[string]bool{}
