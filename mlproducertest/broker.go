@@ -114,17 +114,18 @@ var _ transport.ReplyCoder = (*Error)(nil)
 // Headers is a [transport.Table], a map[string]any. The fake broker does not
 // encode messages, so each value keeps the Go type the publisher gave it, no
 // conversion: a header sent as an int32 reads back as an int32, never as the
-// int64 or float64 a round trip through another encoding might give. The
-// Producer of package mlproducer sets its attempt header,
-// mlproducer.AttemptHeader ("x-mlproducer-attempt"), to an int32: 1 for the
-// first send, 2 for the next. Read it with
+// int64 or float64 a round trip through another encoding might give.
+//
+// By default the Producer of package mlproducer sets MessageID (the message
+// id), ContentType ("application/json") and Persistent (true), and no
+// headers of its own. With mlproducer.WithEnvelope it also sets Timestamp
+// (the message's creation time), Type (the task type), AppID, and its
+// attempt header, mlproducer.AttemptHeader ("x-mlproducer-attempt"), an
+// int32: 1 for the first send, 2 for the next. Read it with
 //
 //	n, ok := d.Headers[mlproducer.AttemptHeader].(int32)
 //
-// The Producer's other properties are strings (MessageID, the message id;
-// Type, the task type; ContentType "application/json"; AppID), Timestamp is
-// the message's creation time and Persistent is true. [Broker.Messages]
-// returns copies: changing one changes nothing stored.
+// [Broker.Messages] returns copies: changing one changes nothing stored.
 type Delivery struct {
 	// Exchange is the exchange it was published to ("" for the default one).
 	Exchange string

@@ -76,6 +76,51 @@ type phase struct {
 
 func (c *clusterRun) mark(name string) { c.phases = append(c.phases, phase{name, c.h.since()}) }
 
+// phaseTable returns, per fault, what became of the messages accepted
+// while it was under way: accepted, confirmed (consumed), duplicates,
+// dead-lettered, missing, and the p99 of their calls. After finish.
+func (c *clusterRun) phaseTable() string {
+	type row struct {
+		accepted, confirmed, dups, dead, missing int
+		lat                                      hist
+	}
+	names := []string{"before the first fault"}
+	for _, p := range c.phases {
+		names = append(names, p.name)
+	}
+	rows := make([]row, len(names))
+	dead := c.h.dead.ids()
+	for _, a := range c.h.all {
+		i := 0
+		for j, p := range c.phases {
+			if a.at >= p.at {
+				i = j + 1
+			}
+		}
+		r := &rows[i]
+		r.accepted++
+		r.lat.add(a.lat)
+		n, _ := c.h.cons.count(a.id)
+		_, isDead := dead[a.id]
+		switch {
+		case n > 0:
+			r.confirmed++
+			r.dups += int(n) - 1
+		case isDead:
+			r.dead++
+		default:
+			r.missing++
+		}
+	}
+	var b strings.Builder
+	b.WriteString("| accepted while | accepted | confirmed | duplicates | dead-lettered | missing | p99 call |\n|---|---:|---:|---:|---:|---:|---:|\n")
+	for i := range rows {
+		r := &rows[i]
+		fmt.Fprintf(&b, "| %s | %d | %d | %d | %d | %d | %s |\n", names[i], r.accepted, r.confirmed, r.dups, r.dead, r.missing, fmtDur(r.lat.quantile(0.99)))
+	}
+	return b.String()
+}
+
 // missingByPhase names, per fault and queue, how many accepted messages
 // were neither consumed nor dead-lettered; "" when none. After finish.
 func (c *clusterRun) missingByPhase() string {
@@ -424,6 +469,7 @@ func cluster(h *run) {
 	if lost > 0 {
 		h.res.failf("%d publishes returned Confirmed and never arrived (and the broker acked none of their publishes on the wire, where watched)", lost)
 	}
+	h.res.notef("by fault:\n%s", c.phaseTable())
 	if m := c.missingByPhase(); m != "" {
 		h.res.notef("missing, by the fault under way when they were accepted: %s", m)
 		if out, err := rabbittest.ClusterRabbitmqctl(c.running(), "-q", "list_queues", "name", "messages", "consumers"); err == nil {

@@ -55,7 +55,8 @@ type accepted struct {
 	id    [16]byte
 	at    time.Duration // since the run started, when the call returned
 	state mlproducer.DeliveryState
-	typ   uint8 // index in taskQueues()
+	typ   uint8         // index in taskQueues()
+	lat   time.Duration // the call's duration
 }
 
 // lateCall describes a publish that returned later than its deadline plus
@@ -596,7 +597,7 @@ func (h *run) publisher(ctx context.Context, g int, s *shard, p publishing) {
 		} else if id, perr := uuid.Parse(r.MessageID); perr != nil {
 			h.oddf("receipt with a message ID that is not a UUID: %q", r.MessageID)
 		} else {
-			s.acc = append(s.acc, accepted{id: [16]byte(id), at: end.Sub(h.start), state: r.State, typ: typ})
+			s.acc = append(s.acc, accepted{id: [16]byte(id), at: end.Sub(h.start), state: r.State, typ: typ, lat: lat})
 		}
 		if p.think > 0 {
 			timer.Reset(time.Duration(rng.Int64N(int64(2*p.think) + 1)))

@@ -171,6 +171,9 @@ func messageRetry(h *run) {
 		mlproducer.WithTopology(mlproducer.Topology{Exchange: retryExchange, NoDeclare: true}),
 		mlproducer.WithMaxRetries(maxRetries),
 		mlproducer.WithRetryBackoff(100*time.Millisecond, 400*time.Millisecond),
+		// The consumer tells a retried delivery by its attempt header,
+		// which is not in the default envelope.
+		mlproducer.WithEnvelope(mlproducer.EnvelopeAttempt),
 		// Returns are failures for the breaker; it is tested on its own.
 		mlproducer.WithCircuitBreaker(1_000_000, time.Second),
 	) {
