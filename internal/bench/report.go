@@ -90,6 +90,9 @@ type ratio struct {
 	atLeast  bool // target is a minimum (else a maximum)
 	target   float64
 	only1KiB bool // the target is stated for 1 KiB; other sizes are shown for information
+	// best: num is the case of num's kind that measured best (the
+	// highest median of mt) among those run, whatever its window.
+	best bool
 }
 
 func ratios() []ratio {
@@ -97,26 +100,49 @@ func ratios() []ratio {
 	raw := func(n int) spec { return spec{kind: kindRaw, callers: n} }
 	window := spec{kind: kindRawWindow, callers: 1}
 	quorum := func(s spec) spec { s.quorum = true; return s }
+	ideal := func(n int) spec { return spec{kind: kindRawWindow, callers: 1, window: n} }
 	return []ratio{
-		{"producer-publish-64 / raw-64", pub(64), raw(64), mRate, true, 1.3, false},
-		{"producer-publish-64 / raw-window256", pub(64), window, mRate, true, 0.95, false},
-		{"producer-publish-256 / raw-window256", pub(256), window, mRate, true, 0.95, false},
-		{"producer-publish-1 / raw-1", pub(1), raw(1), mRate, true, 0.95, false},
-		{"CPU/msg producer-publish-64 / raw-64", pub(64), raw(64), mCPU, false, 1.0, false},
-		{"p99 producer-publish-64 / raw-64", pub(64), raw(64), mP99, false, 1.0, false},
-		{"producer-summarization-64 / producer-publish-64", spec{kind: kindSummarization, callers: 64}, pub(64), mRate, true, 0.9, true},
+		// Issue 13: Publish with N callers against the ideal client with N
+		// in flight (one goroutine keeping N confirms outstanding). These
+		// replace issue 5's 64-caller targets (publish-64 ≥ 1.3 × raw-64,
+		// ≥ 0.95 × raw-window256), which no client with 64 in flight meets.
+		{"producer-publish-1 / raw-window1", pub(1), ideal(1), mRate, true, 0.95, false, false},
+		{"producer-publish-16 / raw-window16", pub(16), ideal(16), mRate, true, 0.95, false, false},
+		{"producer-publish-64 / raw-window64", pub(64), ideal(64), mRate, true, 0.95, false, false},
+		{"producer-publish-256 / raw-window256", pub(256), ideal(256), mRate, true, 0.95, false, false},
+		{"producer-publish-1 / raw-1", pub(1), raw(1), mRate, true, 0.95, false, false},
+		{"CPU/msg producer-publish-64 / raw-64", pub(64), raw(64), mCPU, false, 1.0, false, false},
+		{"p99 producer-publish-64 / raw-64", pub(64), raw(64), mP99, false, 1.0, false, false},
+		{"producer-summarization-64 / producer-publish-64", spec{kind: kindSummarization, callers: 64}, pub(64), mRate, true, 0.9, true, false},
 		// Issue 13: one goroutine with PublishAsync against the raw window.
-		{"producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mRate, true, 0.95, false},
-		{"producer-async-w4096 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 4096}, window, mRate, true, 0.95, false},
-		{"CPU/msg producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mCPU, false, 1.0, false},
+		{"producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mRate, true, 0.95, false, false},
+		{label: "best producer-async-wN / raw-noconfirm", num: spec{kind: kindPublishAsync, callers: 1}, den: spec{kind: kindRawNoConfirm, callers: 1},
+			mt: mRate, atLeast: true, target: 0.85, best: true},
+		{"CPU/msg producer-async-w256 / raw-window256", spec{kind: kindPublishAsync, callers: 1, window: 256}, window, mCPU, false, 1.0, false, false},
 		// Issue 13 item 5: the default envelope against a bare persistent
 		// publish to the same exchange and queue.
-		{"producer-publish-64 / raw-64-env-bare", pub(64), spec{kind: kindRawEnv, callers: envCallers, env: envBare}, mRate, true, 0.95, false},
-		{"p99 producer-publish-64 / raw-64-env-bare", pub(64), spec{kind: kindRawEnv, callers: envCallers, env: envBare}, mP99, false, 1.1, false},
+		{"producer-publish-64 / raw-64-env-bare", pub(64), spec{kind: kindRawEnv, callers: envCallers, env: envBare}, mRate, true, 0.95, false, false},
+		{"p99 producer-publish-64 / raw-64-env-bare", pub(64), spec{kind: kindRawEnv, callers: envCallers, env: envBare}, mP99, false, 1.1, false, false},
 		// Issue 12: on quorum queues of the 3-node cluster (-cluster).
-		{"producer-publish-1-quorum / raw-1-quorum", quorum(pub(1)), quorum(raw(1)), mRate, true, 0.95, false},
-		{"producer-publish-64-quorum / raw-64-quorum", quorum(pub(64)), quorum(raw(64)), mRate, true, 0.95, false},
+		{"producer-publish-1-quorum / raw-1-quorum", quorum(pub(1)), quorum(raw(1)), mRate, true, 0.95, false, false},
+		{"producer-publish-64-quorum / raw-64-quorum", quorum(pub(64)), quorum(raw(64)), mRate, true, 0.95, false, false},
 	}
+}
+
+// bestOf returns the case run of like's kind, size and quorum whose median
+// of mt is the highest (any window or callers).
+func bestOf(res *results, like spec, mt metric) (spec, bool) {
+	var best spec
+	bv, found := 0.0, false
+	for _, s := range res.order {
+		if s.kind != like.kind || s.size != like.size || s.quorum != like.quorum || s.env != like.env {
+			continue
+		}
+		if v, ok := medianOf(res.byKey[s.key()], mt); ok && (!found || v > bv) {
+			best, bv, found = s, v, true
+		}
+	}
+	return best, found
 }
 
 func verdict(v float64, atLeast bool, target float64) string {
@@ -172,17 +198,24 @@ func report(w io.Writer, cfg config, info []string, res *results, steadyCallers 
 
 	pass, fail := 0, 0
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "| ratio (issue 5 target) | body | value | by round | target | result |")
+	fmt.Fprintln(w, "| ratio (target) | body | value | by round | target | result |")
 	fmt.Fprintln(w, "|---|---|---:|---|---|---|")
 	for _, size := range cfg.sizes {
 		for _, r := range ratios() {
 			num, den := r.num, r.den
 			num.size, den.size = size, size
+			label := r.label
+			if r.best {
+				if b, ok := bestOf(res, num, r.mt); ok {
+					num = b
+					label = fmt.Sprintf("%s (best: %s)", r.label, b.name())
+				}
+			}
 			nr, dr := res.byKey[num.key()], res.byKey[den.key()]
 			nv, ok1 := medianOf(nr, r.mt)
 			dv, ok2 := medianOf(dr, r.mt)
 			if !ok1 || !ok2 || dv == 0 {
-				fmt.Fprintf(w, "| %s | %s | n/a | | %s | n/a |\n", r.label, fmtSize(size), targetText(r.atLeast, r.target))
+				fmt.Fprintf(w, "| %s | %s | n/a | | %s | n/a |\n", label, fmtSize(size), targetText(r.atLeast, r.target))
 				continue
 			}
 			v := nv / dv
@@ -200,7 +233,7 @@ func report(w io.Writer, cfg config, info []string, res *results, steadyCallers 
 			} else {
 				fail++
 			}
-			fmt.Fprintf(w, "| %s | %s | %.2f | %s | %s | %s |\n", r.label, fmtSize(size), v, strings.Join(by, " "), targetText(r.atLeast, r.target), result)
+			fmt.Fprintf(w, "| %s | %s | %.2f | %s | %s | %s |\n", label, fmtSize(size), v, strings.Join(by, " "), targetText(r.atLeast, r.target), result)
 		}
 	}
 	if len(res.drains) > 0 {
