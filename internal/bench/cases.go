@@ -167,10 +167,9 @@ func (e *env) runCase(s spec) (outcome, error) {
 }
 
 // runRaw measures raw amqp091-go. Every publishing carries what the
-// Producer's did before issue 13 (persistent, mandatory, content type, a
-// UUIDv7 message id, timestamp, type, app id and one header) to a durable
-// direct exchange bound to a durable classic queue, so both put the same
-// bytes on the wire. The envelope cases (kindRawEnv) publish to the
+// Producer's default envelope does (persistent, mandatory, content type and
+// a UUIDv7 message id) to a durable direct exchange bound to a durable
+// classic queue, so both put the same bytes on the wire. The envelope cases (kindRawEnv) publish to the
 // Producer's exchange instead, to a queue of their own like the Producer's,
 // with the properties of their envelope only.
 func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
@@ -212,7 +211,6 @@ func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 	}
 	ch := chans[0]
 	body := e.bodies[s.size]
-	headers := amqp.Table{mlproducer.AttemptHeader: int32(1)} // read-only, shared
 	ctx := context.Background()
 	var published, acked atomic.Int64
 	mandatory := true
@@ -222,10 +220,6 @@ func (e *env) runRaw(adm *admin, url string, s spec) (outcome, error) {
 			ContentType:  "application/json",
 			DeliveryMode: amqp.Persistent,
 			MessageId:    id.String(),
-			Timestamp:    time.Now(),
-			Type:         string(mlproducer.TaskSummarization),
-			AppId:        "mlproducer-bench",
-			Headers:      headers,
 			Body:         body,
 		}
 	}

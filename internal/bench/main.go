@@ -181,7 +181,7 @@ func parseFlags() (config, error) {
 	flag.StringVar(&cfg.spoolBase, "spool-dir", os.TempDir(), "where the spool cases make their dirs: on a real disk, not tmpfs (the filesystem is printed)")
 	flag.IntVar(&cfg.spoolHeapMsgs, "spool-heap-messages", 1_000_000, "messages held by the spool-heap case (0 skips it; -quick skips it unless given)")
 	flag.IntVar(&cfg.asyncHeapMsgs, "async-heap-messages", 1_000_000, "PublishAsync calls of the async-heap case (0 skips it; -quick skips it unless given)")
-	flag.IntVar(&cfg.asyncHeapWindow, "async-heap-window", 4096, "WithMaxInFlight of the async-heap case")
+	flag.IntVar(&cfg.asyncHeapWindow, "async-heap-window", 1024, "WithMaxInFlight of the async-heap case (the default window)")
 	flag.BoolVar(&cfg.cluster, "cluster", false, "also run raw-N-quorum and producer-publish-N-quorum (N = 1, 64) on quorum queues of the local 3-node cluster, started with scripts/rabbitmq-cluster.sh up if needed (make bench passes it)")
 	flag.StringVar(&cfg.jsonPath, "json", "", "also write every case's rounds and medians to this file as JSON (what internal/bench/chart draws; make bench passes it)")
 	flag.Parse()
