@@ -569,13 +569,7 @@ func (p *parser) method(chn uint16, payload []byte) error {
 	switch {
 	case class == 10 && meth == 50: // connection.close
 		c.closing = true
-		code := r.u16()
-		text := r.short()
-		who := "broker"
-		if p.fromClient {
-			who = "client"
-		}
-		why := fmt.Sprintf("connection.close %d %s by %s", code, text, who)
+		why := closeReason("connection.close", r, p.fromClient)
 		for n := range c.chans {
 			c.closeChannel(n, why)
 		}
@@ -585,13 +579,7 @@ func (p *parser) method(chn uint16, payload []byte) error {
 		c.ch(chn)
 		log.event(c.tap, c.n, "ch%d channel.open", chn)
 	case class == 20 && meth == 40: // channel.close
-		code := r.u16()
-		text := r.short()
-		who := "broker"
-		if p.fromClient {
-			who = "client"
-		}
-		why := fmt.Sprintf("channel.close %d %s by %s", code, text, who)
+		why := closeReason("channel.close", r, p.fromClient)
 		c.closeChannel(chn, why)
 		log.event(c.tap, c.n, "ch%d %s", chn, why)
 	case class == 85 && meth == 10 && p.fromClient: // confirm.select
@@ -788,4 +776,16 @@ func messageID(payload []byte) (string, error) {
 	}
 	id := r.short()
 	return id, r.err
+}
+
+// closeReason reads the reply code and text of a connection.close or
+// channel.close (what) and says who sent it.
+func closeReason(what string, r *rd, fromClient bool) string {
+	code := r.u16()
+	text := r.short()
+	who := "broker"
+	if fromClient {
+		who = "client"
+	}
+	return fmt.Sprintf("%s %d %s by %s", what, code, text, who)
 }
