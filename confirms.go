@@ -354,9 +354,6 @@ func (s *session) write(ex string, batch []*attempt) bool {
 		m := a.m
 		m.sentAt.Store(time.Now().UnixNano())
 		pub := s.p.publishing(m, a.n)
-		if md := m.meta; md != nil {
-			pub.Priority, pub.Expiration, pub.CorrelationID = md.priority, md.expiration, md.correlationID
-		}
 		tag, err := s.ch.Publish(s.ctx, ex, m.typ.RoutingKey(), true, pub)
 		if err == nil && tag != a.tag {
 			err = fmt.Errorf("mlproducer: delivery tag %d from the channel, %d expected", tag, a.tag)

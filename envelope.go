@@ -62,8 +62,7 @@ func WithEnvelope(fields ...EnvelopeField) Option {
 	}
 }
 
-// publishing is attempt n of m as it goes on the wire, without the fields of
-// m.meta, which the writer adds.
+// publishing is attempt n of m as it goes on the wire.
 func (p *Producer) publishing(m *message, n int32) transport.Publishing {
 	pub := transport.Publishing{
 		ContentType: "application/json",
@@ -82,6 +81,9 @@ func (p *Producer) publishing(m *message, n int32) transport.Publishing {
 		if e&EnvelopeAppID != 0 {
 			pub.AppID = p.cfg.appID
 		}
+	}
+	if md := m.meta; md != nil {
+		pub.Priority, pub.Expiration, pub.CorrelationID = md.priority, md.expiration, md.correlationID
 	}
 	return pub
 }
