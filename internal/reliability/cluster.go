@@ -76,6 +76,18 @@ type phase struct {
 
 func (c *clusterRun) mark(name string) { c.phases = append(c.phases, phase{name, c.h.since()}) }
 
+// phaseOf returns the fault under way at at: 0 before the first, i for
+// c.phases[i-1].
+func (c *clusterRun) phaseOf(at time.Duration) int {
+	i := 0
+	for j, p := range c.phases {
+		if at >= p.at {
+			i = j + 1
+		}
+	}
+	return i
+}
+
 // phaseTable returns, per fault, what became of the messages accepted
 // while it was under way: accepted, confirmed (consumed), duplicates,
 // dead-lettered, missing, and the p99 of their calls. After finish.
@@ -91,13 +103,7 @@ func (c *clusterRun) phaseTable() string {
 	rows := make([]row, len(names))
 	dead := c.h.dead.ids()
 	for _, a := range c.h.all {
-		i := 0
-		for j, p := range c.phases {
-			if a.at >= p.at {
-				i = j + 1
-			}
-		}
-		r := &rows[i]
+		r := &rows[c.phaseOf(a.at)]
 		r.accepted++
 		r.lat.add(a.lat)
 		n, _ := c.h.cons.count(a.id)
@@ -135,10 +141,8 @@ func (c *clusterRun) missingByPhase() string {
 			continue
 		}
 		name := "before the first fault"
-		for _, p := range c.phases {
-			if a.at >= p.at {
-				name = p.name
-			}
+		if i := c.phaseOf(a.at); i > 0 {
+			name = c.phases[i-1].name
 		}
 		key := fmt.Sprintf("%s, %s as %s", name, taskQueues()[a.typ], a.state)
 		if counts[key] == 0 {
