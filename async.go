@@ -1,7 +1,6 @@
 package mlproducer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -124,7 +123,8 @@ func (p *Producer) PublishAsync(ctx context.Context, msg Message, opts ...Publis
 		return nil, err
 	}
 	d := &Delivery{id: id}
-	m := &message{id: id, typ: msg.Type, body: bytes.Clone(msg.Body), created: time.Now().UnixNano(), heapIndex: -1, meta: meta, dlv: d}
+	body, pooled := p.bodies.clone(msg.Body)
+	m := &message{id: id, typ: msg.Type, body: body, pooled: pooled, created: time.Now().UnixNano(), heapIndex: -1, meta: meta, dlv: d}
 	traced := false
 	for {
 		// Registered before the try, so that room made after a failed
@@ -142,6 +142,7 @@ func (p *Producer) PublishAsync(ctx context.Context, msg Message, opts ...Publis
 			p.room.done()
 			if err != nil {
 				p.refusedAsync(ctx, m, traced, err)
+				m.recycle(p.bodies)
 				return nil, err
 			}
 			return d, nil
@@ -162,6 +163,7 @@ func (p *Producer) PublishAsync(ctx context.Context, msg Message, opts ...Publis
 				p.metrics.count(msg.Type, outContextDone)
 			}
 			p.refusedAsync(ctx, m, traced, stop)
+			m.recycle(p.bodies)
 			return nil, stop
 		}
 	}

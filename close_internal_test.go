@@ -44,7 +44,7 @@ func TestPublishAdmittedBeforeCloseIsAccountedFor(t *testing.T) {
 	}
 
 	id, _ := newMessageID()
-	r, err := p.submit(context.Background(), done, id, TaskSummarization, []byte(`{"a":1}`), time.Now(), nil) // second half
+	r, err := p.submit(context.Background(), done, id, TaskSummarization, []byte(`{"a":1}`), nil, time.Now(), nil) // second half
 	require.NoError(t, err)
 	assert.Equal(t, Queued, r.State)
 	closeErr := <-closed

@@ -494,7 +494,12 @@ type settled struct {
 	m        *message
 	returned *ReturnedError
 	late     bool
-	done     func(error)
+	// only: the attempt was the message's only write that returned, and the
+	// writer is done with it. Its ack then leaves nothing that reads the
+	// body: no retry, no other attempt pending (a timed-out one would be a
+	// write that returned), not the writer.
+	only bool
+	done func(error)
 }
 
 func (s *session) onConfirm(c transport.Confirmation) {
@@ -516,7 +521,8 @@ func (s *session) onConfirm(c transport.Confirmation) {
 		case attTimedOut:
 			s.timedOut--
 		}
-		outs = append(outs, settled{a.m, a.returned, a.state == attTimedOut, a.done})
+		only := a.state == attSent && a.n == 1 && a.m.sends.Load() == 1
+		outs = append(outs, settled{a.m, a.returned, a.state == attTimedOut, only, a.done})
 		a.state = attDone
 		a.m, a.done = nil, nil
 	}
@@ -559,6 +565,9 @@ func (s *session) onConfirm(c transport.Confirmation) {
 					p.cancelRetry(o.m)
 				}
 				p.confirmed(o.m)
+				if o.only {
+					o.m.recycle(p.bodies)
+				}
 			}
 		}
 	}

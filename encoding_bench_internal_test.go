@@ -459,7 +459,7 @@ func publishWith(p *Producer, ctx context.Context, valid func([]byte) bool, msg 
 // place that follows submit's signature (with per-message metadata, issue
 // 11 item 1, it takes a trailing *msgMeta: pass nil).
 func benchSubmit(p *Producer, ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time) (Receipt, error) {
-	return p.submit(ctx, done, id, typ, body, created, nil)
+	return p.submit(ctx, done, id, typ, body, nil, created, nil)
 }
 
 // BenchmarkEncodePublish64 is PublishSummarization on the fake broker from

@@ -1,7 +1,6 @@
 package mlproducer
 
 import (
-	"bytes"
 	"container/heap"
 	"context"
 	"errors"
@@ -79,6 +78,7 @@ type message struct {
 	id      string
 	typ     TaskType
 	body    []byte
+	pooled  *[]byte                // body's buffer from Producer.bodies; nil if not pooled
 	created int64                  // unix nanos
 	key     uint64                 // the spool's key; 0 without a spool
 	meta    *msgMeta               // the publish options' metadata; nil for none
@@ -108,6 +108,20 @@ type message struct {
 	backoff   backoff.BackOff
 }
 
+// recycle gives the message's pooled body back to pool. Call it only once
+// nothing can read the body again: when the message was never handed off,
+// or when it was confirmed by the ack of its only attempt (see onConfirm). A
+// body that went to the dead-letter hook, or that a retry or a timed-out
+// attempt may still read, is never recycled.
+func (m *message) recycle(pool *bodyPool) {
+	if m.pooled == nil {
+		return
+	}
+	h := m.pooled
+	m.pooled, m.body = nil, nil
+	pool.put(h)
+}
+
 // signal reports the first outcome to a waiting caller; later ones are
 // ignored.
 func (m *message) signal(s DeliveryState) {
@@ -134,6 +148,9 @@ type Producer struct {
 	rmu   sync.Mutex // guards retry, deadq, seq and the rmu fields of messages
 	retry retryStore
 	spool *spool // nil without WithSpool
+	// bodies recycles the copies of bodies; nil (no pooling) with a spool,
+	// which keeps and reloads bodies of its own.
+	bodies *bodyPool
 
 	// capCount and capBytes bound the messages held (see hold).
 	capCount int64
@@ -229,7 +246,9 @@ func New(opts ...Option) (*Producer, error) {
 	}
 	p.capCount = int64(cfg.retryCapCount + cfg.maxInFlight)
 	p.capBytes = int64(cfg.retryCapBytes)
-	if cfg.spoolDir != "" {
+	if cfg.spoolDir == "" {
+		p.bodies = new(bodyPool)
+	} else {
 		sp, left, err := openSpool(cfg.spoolDir, p.log)
 		if err != nil {
 			return nil, err
@@ -324,9 +343,6 @@ func (p *Producer) Publish(ctx context.Context, msg Message, opts ...PublishOpti
 	if err != nil {
 		return Receipt{}, err
 	}
-	// The caller may reuse its buffer once Publish returns: keep a copy of
-	// the bytes that were validated.
-	body := bytes.Clone(msg.Body)
 	done, err := p.begin(ctx, msg.Type)
 	if err != nil {
 		return Receipt{}, err
@@ -336,7 +352,10 @@ func (p *Producer) Publish(ctx context.Context, msg Message, opts ...PublishOpti
 		p.abandon(done)
 		return Receipt{}, err
 	}
-	return p.submit(ctx, done, id, msg.Type, body, time.Now(), meta)
+	// The caller may reuse its buffer once Publish returns: keep a copy of
+	// the bytes that were validated.
+	body, pooled := p.bodies.clone(msg.Body)
+	return p.submit(ctx, done, id, msg.Type, body, pooled, time.Now(), meta)
 }
 
 // checkMessage validates a generic message and its publish options (a
@@ -445,8 +464,8 @@ func (p *Producer) release(size int) {
 
 // submit hands a begun message to the session, or to the retry queue, and
 // waits for its first outcome or ctx.
-func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, created time.Time, meta *msgMeta) (Receipt, error) {
-	m := &message{id: id, typ: typ, body: body, created: created.UnixNano(), heapIndex: -1, meta: meta}
+func (p *Producer) submit(ctx context.Context, done func(error), id string, typ TaskType, body []byte, pooled *[]byte, created time.Time, meta *msgMeta) (Receipt, error) {
+	m := &message{id: id, typ: typ, body: body, pooled: pooled, created: created.UnixNano(), heapIndex: -1, meta: meta}
 	// Before the spool's record: it keeps the trace context too.
 	p.tracing.start(ctx, m)
 	waits, err := p.handOff(done, m)
@@ -456,6 +475,7 @@ func (p *Producer) submit(ctx context.Context, done func(error), id string, typ 
 			err = queueFullError{p}
 		}
 		m.endSpan("refused", err)
+		m.recycle(p.bodies) // never handed off
 		return Receipt{}, err
 	}
 	if !waits {

@@ -36,8 +36,9 @@ func (p *Producer) PublishSummarization(ctx context.Context, shareID, content st
 		return Receipt{}, err
 	}
 	now := time.Now()
-	body := appendSummarizationBody(make([]byte, 0, size), id, now, shareID, content, &opts)
-	return p.submit(ctx, done, id, TaskSummarization, body, now, meta)
+	buf, pooled := p.bodies.get(size)
+	body := appendSummarizationBody(buf[:0], id, now, shareID, content, &opts)
+	return p.submit(ctx, done, id, TaskSummarization, body, p.bodies.kept(body, pooled), now, meta)
 }
 
 // PublishTranscription publishes a transcription task for the share shareID
@@ -64,8 +65,9 @@ func (p *Producer) PublishTranscription(ctx context.Context, shareID, mediaURL s
 		return Receipt{}, err
 	}
 	now := time.Now()
-	body := appendTranscriptionBody(make([]byte, 0, size), id, now, shareID, mediaURL, &opts)
-	return p.submit(ctx, done, id, TaskTranscription, body, now, meta)
+	buf, pooled := p.bodies.get(size)
+	body := appendTranscriptionBody(buf[:0], id, now, shareID, mediaURL, &opts)
+	return p.submit(ctx, done, id, TaskTranscription, body, p.bodies.kept(body, pooled), now, meta)
 }
 
 // PublishEmbedding publishes an embedding task for the share shareID with the
@@ -91,8 +93,9 @@ func (p *Producer) PublishEmbedding(ctx context.Context, shareID, content string
 		return Receipt{}, err
 	}
 	now := time.Now()
-	body := appendEmbeddingBody(make([]byte, 0, size), id, now, shareID, content, &opts)
-	return p.submit(ctx, done, id, TaskEmbedding, body, now, meta)
+	buf, pooled := p.bodies.get(size)
+	body := appendEmbeddingBody(buf[:0], id, now, shareID, content, &opts)
+	return p.submit(ctx, done, id, TaskEmbedding, body, p.bodies.kept(body, pooled), now, meta)
 }
 
 // messageID returns the id a publish option gave, or a new UUIDv7.

@@ -68,8 +68,9 @@ func withoutSimMark(h transport.Table) transport.Table {
 // simWrite is one write of a call's message: one Channel.Publish.
 type simWrite struct {
 	k          int
-	n          int32 // attempt header (0 without EnvelopeAttempt)
-	gen        int   // the Producer that wrote it
+	id         string // the publishing's message id
+	n          int32  // attempt header (0 without EnvelopeAttempt)
+	gen        int    // the Producer that wrote it
 	seq        uint64
 	began      time.Time
 	ch         *simChannel
@@ -218,7 +219,7 @@ func (ch *simChannel) Publish(ctx context.Context, exchange, key string, mandato
 	n := ch.n
 	k := tokenOf(msg.Body)
 	a, _ := msg.Headers[mlproducer.AttemptHeader].(int32)
-	w := &simWrite{k: k, n: a, gen: int(n.gen.Load()), ch: ch, began: time.Now()}
+	w := &simWrite{k: k, id: msg.MessageID, n: a, gen: int(n.gen.Load()), ch: ch, began: time.Now()}
 	n.mu.Lock()
 	if k < 0 {
 		n.unmatched++

@@ -1279,7 +1279,26 @@ func (s *simState) check(calls []*simCall, st mlproducer.Status) {
 	}
 	for _, q := range simQueues {
 		for _, d := range s.b.Messages(q) {
-			stored[tokenOf(d.Body)]++
+			k := tokenOf(d.Body)
+			stored[k]++
+			// 13. A stored message's body is its own: the Producer recycles
+			// its copies of bodies, and one given back too early would be
+			// sent as (part of) another message.
+			if c := byK[k]; c != nil && c.err == nil && c.rcpt.MessageID != "" && d.MessageID != c.rcpt.MessageID {
+				s.violate(13, "a message with id %s is stored with the body of call %d, whose id is %s", d.MessageID, k, c.rcpt.MessageID)
+			}
+		}
+	}
+	for k, ws := range n.writes {
+		c := byK[k]
+		if c == nil || c.err != nil || c.rcpt.MessageID == "" {
+			continue
+		}
+		for _, w := range ws {
+			if w.id != c.rcpt.MessageID {
+				s.violate(13, "a publishing with id %s was written with the body of call %d, whose id is %s", w.id, k, c.rcpt.MessageID)
+				break
+			}
 		}
 	}
 	if n.unmatched > 0 || stored[-1] > 0 || len(n.mismatch) > 0 {
