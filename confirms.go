@@ -94,8 +94,23 @@ type attempt struct {
 	n        int32 // the attempt header sent with it
 	state    attemptState
 	returned *ReturnedError
-	done     func(error) // the breaker's ticket; called once with the outcome
+	ret      *returnGroup // the returns it may be the one of, with its twins
+	done     func(error)  // the breaker's ticket; called once with the outcome
 }
+
+// returnGroup is the attempts of one message that returns could not tell
+// apart (no attempt header: a timed-out attempt and its retry are identical
+// publishings), with how many returns matched them and how many of them were
+// acked. Each return is the return of one of them, and a returned publishing
+// is acked too: once more of them are acked than were returned, one was
+// stored, and the message is confirmed whichever ack says so. Guarded by the
+// session's mu.
+type returnGroup struct{ returns, acks int }
+
+// tangled stands for the returns of a group that also matched other
+// messages' attempts, or attempts outside it: too many for it ever to prove
+// a store.
+const tangled = 1 << 30
 
 // report hands the attempt's outcome to the breaker, once.
 func (a *attempt) report(err error) {
@@ -494,6 +509,7 @@ type settled struct {
 	m        *message
 	returned *ReturnedError
 	late     bool
+	stored   bool // an attempt of its returnGroup was stored: confirmed
 	// only: the attempt was the message's only write that returned, and the
 	// writer is done with it. Its ack then leaves nothing that reads the
 	// body: no retry, no other attempt pending (a timed-out one would be a
@@ -521,8 +537,13 @@ func (s *session) onConfirm(c transport.Confirmation) {
 		case attTimedOut:
 			s.timedOut--
 		}
+		stored := false
+		if g := a.ret; g != nil && c.Ack {
+			g.acks++
+			stored = g.acks > g.returns
+		}
 		only := a.state == attSent && a.n == 1 && a.m.sends.Load() == 1
-		outs = append(outs, settled{a.m, a.returned, a.state == attTimedOut, only, a.done})
+		outs = append(outs, settled{a.m, a.returned, a.state == attTimedOut, stored, only, a.done})
 		a.state = attDone
 		a.m, a.done = nil, nil
 	}
@@ -542,7 +563,7 @@ func (s *session) onConfirm(c transport.Confirmation) {
 	p := s.p
 	for _, o := range outs {
 		switch {
-		case o.late && (!c.Ack || o.returned != nil):
+		case o.late && (!c.Ack || o.returned != nil && !o.stored):
 			// The confirm timeout already counted this attempt as failed.
 		case !c.Ack:
 			p.metrics.failures[failNack].Add(1)
@@ -550,7 +571,7 @@ func (s *session) onConfirm(c transport.Confirmation) {
 				o.done(errNacked)
 			}
 			p.failAttempt(o.m, errNacked)
-		case o.returned != nil:
+		case o.returned != nil && !o.stored:
 			p.metrics.failures[failReturn].Add(1)
 			if o.done != nil {
 				o.done(o.returned)
@@ -561,7 +582,9 @@ func (s *session) onConfirm(c transport.Confirmation) {
 				o.done(nil)
 			}
 			if o.m.final.CompareAndSwap(0, finalConfirmed) {
-				if o.late {
+				// A stored twin's message may wait for a retry that the
+				// ack of its returned twin scheduled.
+				if o.late || o.stored {
 					p.cancelRetry(o.m)
 				}
 				p.confirmed(o.m)
@@ -584,8 +607,9 @@ func (s *session) onConfirm(c transport.Confirmation) {
 // timed-out attempt and the retry of the same message pending on one
 // session are identical publishings, and so are two messages of one caller
 // with one ID and body. Marking one that was routed only sends its message
-// once more (a duplicate); leaving the returned one unmarked would count an
-// unroutable message as confirmed (a loss).
+// once more (a duplicate), unless the acks of the matches prove it stored
+// (returnGroup); leaving the returned one unmarked would count an unroutable
+// message as confirmed (a loss).
 func (s *session) onReturn(r transport.Return) {
 	if !s.enter() {
 		return
@@ -593,14 +617,47 @@ func (s *session) onReturn(r transport.Return) {
 	defer s.cbs.Done()
 	defer s.mu.Unlock()
 	n, hasN := r.Headers[AttemptHeader].(int32)
+	var match []*attempt
 	for _, a := range s.pending {
-		if a.m == nil || a.returned != nil || a.m.id != r.MessageID || a.m.typ.RoutingKey() != r.RoutingKey {
+		if a.m == nil || a.m.id != r.MessageID || a.m.typ.RoutingKey() != r.RoutingKey {
 			continue
 		}
 		if hasN && a.n != n || r.Body != nil && !bytes.Equal(a.m.body, r.Body) {
 			continue
 		}
-		a.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
+		match = append(match, a)
+	}
+	// The return is one of the matches': counted in their group only if
+	// they are all of it, or can all join it.
+	var g *returnGroup
+	one := true
+	for _, a := range match {
+		switch {
+		case a.m != match[0].m || a.returned != nil && a.ret == nil || a.ret != nil && g != nil && a.ret != g:
+			one = false
+		case a.ret != nil:
+			g = a.ret
+		}
+	}
+	if !one {
+		for _, a := range match {
+			if a.ret != nil {
+				a.ret.returns = tangled
+			}
+		}
+	} else if len(match) > 0 {
+		if g == nil {
+			g = new(returnGroup)
+		}
+		g.returns++
+	}
+	for _, a := range match {
+		if one {
+			a.ret = g
+		}
+		if a.returned == nil {
+			a.returned = &ReturnedError{Code: r.ReplyCode, Text: r.ReplyText, Exchange: r.Exchange, RoutingKey: r.RoutingKey}
+		}
 	}
 }
 

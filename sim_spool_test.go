@@ -319,13 +319,24 @@ func (s *simState) plainAck(k, gen int, upTo bool) *simWrite {
 
 // seenAck returns the write of k by Producer gen whose plain ack the
 // Producer surely took as the confirm: no write of k began after the ack,
-// and its channel did not end at the instant of the ack (an ack that comes
-// as the channel closes may be dropped, and the message sent again). Call
-// with s.net.mu held.
+// its channel did not end at the instant of the ack (an ack that comes as
+// the channel closes may be dropped, and the message sent again), and no
+// twin of it was returned and left unacked. A twin is another write of k on
+// the same channel without the attempt header: the same publishing, so the
+// Producer cannot tell which of the two a return was for. It counts the
+// return against both and confirms the message once their acks outnumber
+// the returns (returnGroup in confirms.go); when the returned twin's ack
+// never comes, the message is sent again (a duplicate), never counted
+// confirmed. Call with s.net.mu held.
 func (s *simState) seenAck(k, gen int) *simWrite {
 	ws := s.net.writes[k]
 	for _, w := range ws {
 		if !w.acked || w.bounced || w.gen != gen || w.ch.closed && !w.ch.closedAt.After(w.ackedAt) {
+			continue
+		}
+		if w.n == 0 && slices.ContainsFunc(ws, func(x *simWrite) bool {
+			return x != w && x.ch == w.ch && x.n == 0 && x.bounced && !(x.acked && (!x.ch.closed || x.ch.closedAt.After(x.ackedAt)))
+		}) {
 			continue
 		}
 		if !slices.ContainsFunc(ws, func(x *simWrite) bool { return x.began.After(w.ackedAt) || x != w && x.began.Equal(w.ackedAt) }) {
