@@ -595,7 +595,14 @@ func (s *session) onConfirm(c transport.Confirmation) {
 		}
 	}
 	if len(outs) > 0 {
-		p.wakeRetry()
+		// A slot of the window is free. The retry loop needs it only for
+		// messages it holds (a failed attempt above woke it already), so
+		// it is not woken per confirm for nothing; a PublishAsync waiting
+		// for room always is.
+		if p.queued.Load() > 0 {
+			kick(p.retryWake)
+		}
+		p.room.signal()
 	}
 }
 

@@ -147,7 +147,11 @@ type Producer struct {
 
 	rmu   sync.Mutex // guards retry, deadq, seq and the rmu fields of messages
 	retry retryStore
-	spool *spool // nil without WithSpool
+	// queued is retry.len(), stored under rmu after every change, for a
+	// look without the lock: a confirm wakes the retry loop only when it
+	// has messages waiting for the slot the confirm freed.
+	queued atomic.Int64
+	spool  *spool // nil without WithSpool
 	// bodies recycles the copies of bodies; nil (no pooling) with a spool,
 	// which keeps and reloads bodies of its own.
 	bodies *bodyPool
@@ -263,6 +267,7 @@ func New(opts ...Option) (*Producer, error) {
 		p.owned.Add(int64(len(left)))
 		p.flush.add(int64(len(left))) // their keys are below every new one
 		p.spool, p.retry = sp, st
+		p.queued.Store(int64(st.len()))
 		p.capCount, p.capBytes = int64(cfg.spoolCapCount), cfg.spoolCapBytes
 		if len(left) > 0 {
 			p.log.Info("mlproducer: sending the messages left in the spool",
@@ -731,6 +736,7 @@ drain:
 	for p.spool == nil {
 		p.rmu.Lock()
 		m, _ := p.retry.pop()
+		p.queued.Store(int64(p.retry.len()))
 		p.rmu.Unlock()
 		if m == nil {
 			break

@@ -162,6 +162,7 @@ func (p *Producer) sendDue() time.Duration {
 			return halfOpenRecheck
 		}
 		m, err := p.retry.pop()
+		p.queued.Store(int64(p.retry.len()))
 		p.rmu.Unlock()
 		// Room in the retry queue, for a PublishAsync that found it full.
 		p.room.signal()
@@ -203,6 +204,7 @@ func (p *Producer) requeue(m *message, due time.Time, spill bool) {
 		m.seq = p.nextSeq()
 		m.spanEvent(eventRequeued)
 		p.retry.push(m, spill)
+		p.queued.Store(int64(p.retry.len()))
 	}
 	p.rmu.Unlock()
 	m.signal(Queued)
@@ -240,6 +242,7 @@ func (p *Producer) failAttempt(m *message, err error) {
 	}
 	// A late confirm of the failed attempt may still come: m stays itself.
 	p.retry.push(m, false)
+	p.queued.Store(int64(p.retry.len()))
 	if p.spool != nil {
 		p.spool.setAttempts(m)
 	}
@@ -274,6 +277,7 @@ func (p *Producer) enqueueRetry(m *message) bool {
 	m.due = time.Now().UnixNano()
 	m.seq = p.nextSeq()
 	p.retry.push(m, true)
+	p.queued.Store(int64(p.retry.len()))
 	p.rmu.Unlock()
 	m.signal(Queued)
 	p.wakeRetry()
@@ -284,6 +288,7 @@ func (p *Producer) enqueueRetry(m *message) bool {
 func (p *Producer) cancelRetry(m *message) {
 	p.rmu.Lock()
 	p.retry.remove(m)
+	p.queued.Store(int64(p.retry.len()))
 	p.rmu.Unlock()
 }
 
