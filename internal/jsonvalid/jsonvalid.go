@@ -12,9 +12,13 @@
 //   - arrays and objects may nest at most 10000 deep.
 //
 // Unlike encoding/json's scanner, which calls a function pointer per byte,
-// this package uses a non-recursive parser with a tight loop for string
-// contents that checks 8 bytes at a time, and it does not allocate unless
-// the input nests deeper than 128 levels (and then one bit per level).
+// this package uses a non-recursive parser whose loop for string contents
+// checks 16 bytes at a time, and finds the end of long runs of text with the
+// vectorized [bytes.IndexByte]; it does not allocate unless the input nests
+// deeper than 128 levels (and then one bit per level). It is about 28 times
+// faster than encoding/json on a 16 KiB object with a long text field
+// (BenchmarkValid16KiB), about 13 times on a 1 KiB one, and about 2.7 times
+// on structure-heavy input (BenchmarkValidArray16KiB).
 //
 // For input it has validated, [Members] walks an object's members without
 // copying them, and [Unquote] decodes a string token: together they read a
@@ -23,6 +27,7 @@
 package jsonvalid
 
 import (
+	"bytes"
 	"encoding/binary"
 	"math/bits"
 )
@@ -280,22 +285,53 @@ func stopBytes(x uint64) uint64 {
 	return (((q - ones) &^ q) | ((s - ones) &^ s) | ((x - spaces) &^ x)) & highs
 }
 
+// shortRun is how many plain bytes in a row scanString checks with stopBytes
+// before it treats the string as text and hands it over to scanLong: keys and
+// short values end (or reach an escape) within it and never pay for
+// scanLong's searches.
+const shortRun = 32
+
+// probeRun is how many plain bytes after an escape scanLong checks word by
+// word before it searches again: escapes that come every few bytes (\u00e9 in
+// accented text) do not pay for a search each. (Measured on escapes every 36
+// to 1000 bytes: with 32, scanLong is never slower than a word loop alone;
+// 64 is faster on gaps of 36 to 60 bytes but 20-40% slower on gaps of 80 to
+// 120, as in prose.)
+const probeRun = 32
+
 // scanString scans the rest of a string whose opening quote is just before
 // b[i] and returns the index just after the closing quote.
 //
 // Like encoding/json, it rejects bytes below 0x20 and unknown escapes, and
 // accepts every other byte, valid UTF-8 or not.
+//
+// It checks 16 bytes at a time with stopBytes (8 at a time near the end of
+// b), takes the position of a stop byte from the two words' masks rather
+// than testing them again (short strings end in their first 16 bytes), and
+// after shortRun plain bytes in a row (text, not a key or a short value) it
+// leaves the rest of the string to scanLong.
 func scanString(b []byte, i int) (int, bool) {
 	n := len(b)
 	for {
 		// Skip plain content 16, then 8 bytes at a time. (Two independent
 		// words per step let the CPU overlap their arithmetic.)
+		long := i + shortRun
 		for n-i >= 16 {
 			w := b[i : i+16]
-			if stopBytes(binary.LittleEndian.Uint64(w))|stopBytes(binary.LittleEndian.Uint64(w[8:])) != 0 {
-				break
+			m0 := stopBytes(binary.LittleEndian.Uint64(w))
+			m1 := stopBytes(binary.LittleEndian.Uint64(w[8:]))
+			if m0|m1 != 0 {
+				if m0 != 0 {
+					i += bits.TrailingZeros64(m0) / 8
+				} else {
+					i += 8 + bits.TrailingZeros64(m1)/8
+				}
+				goto stop
 			}
 			i += 16
+			if i >= long {
+				return scanLong(b, i)
+			}
 		}
 		for n-i >= 8 {
 			m := stopBytes(binary.LittleEndian.Uint64(b[i:]))
@@ -305,6 +341,7 @@ func scanString(b []byte, i int) (int, bool) {
 			}
 			i += 8
 		}
+	stop:
 		// Handle the stop byte at i, or the last few bytes one at a time.
 		for {
 			if i >= n {
@@ -327,6 +364,139 @@ func scanString(b []byte, i int) (int, bool) {
 			}
 		}
 	}
+}
+
+// scanLong is scanString for the rest of a string from b[i], called once
+// shortRun plain bytes in a row say that the string is text.
+//
+// It finds where a long run of plain bytes ends with the stdlib's vectorized
+// bytes.IndexByte: the next '"' in the rest of b, then the next '\\' before
+// that quote. The bytes before the nearer of the two need checking only for
+// bytes below 0x20, one test per word (controlIndex) instead of stopBytes'
+// three. On 16 KiB of text this is more than twice as fast as scanString's
+// loop.
+//
+// The searches cannot go quadratic with many escapes: the position q of the
+// next quote is kept until i passes it (only an escaped quote does that, and
+// then the next search starts after it), and each search for a backslash
+// stops at q or at the backslash it finds, so no byte is searched twice for
+// either. And after each escape, up to probeRun bytes are first checked word
+// by word, with the two tests of escapesOrControls ('"' cannot occur before
+// q): frequent escapes pay no more than in scanString's loop.
+func scanLong(b []byte, i int) (int, bool) {
+	n := len(b)
+	q := -1 // the next '"' at or after i, when q >= i (n: there is none)
+	for {
+		// A long run starts at i.
+		if q < i {
+			q = bytes.IndexByte(b[i:], '"')
+			if q < 0 {
+				q = n
+			} else {
+				q += i
+			}
+		}
+		end := q
+		if s := bytes.IndexByte(b[i:q], '\\'); s >= 0 {
+			end = i + s
+		}
+		if c := controlIndex(b[i:end]); c >= 0 {
+			return i + c, false
+		}
+		if end == q {
+			if q == n {
+				return n, false // unterminated
+			}
+			return q + 1, true
+		}
+		var ok bool
+		if i, ok = scanEscape(b, end+1); !ok {
+			return i, false
+		}
+
+		// After the escape: check up to probeRun bytes 16 at a time, while
+		// they all come before q, and handle an escape found there (then
+		// start again after it). A longer run, or the last 15 bytes before
+		// q, go back to the searches.
+		for k := 0; k < probeRun && q-i >= 16; k += 16 {
+			w := b[i : i+16]
+			m0 := escapesOrControls(binary.LittleEndian.Uint64(w))
+			m1 := escapesOrControls(binary.LittleEndian.Uint64(w[8:]))
+			if m0|m1 == 0 {
+				i += 16
+				continue
+			}
+			if m0 != 0 {
+				i += bits.TrailingZeros64(m0) / 8
+			} else {
+				i += 8 + bits.TrailingZeros64(m1)/8
+			}
+			if b[i] < 0x20 {
+				return i, false
+			}
+			if i, ok = scanEscape(b, i+1); !ok { // b[i] is '\\'
+				return i, false
+			}
+			k = -16 // a new short run
+		}
+	}
+}
+
+// escapesOrControls is stopBytes without the test for '"': the mask flags
+// '\\' and bytes below 0x20, with the same guarantee.
+func escapesOrControls(x uint64) uint64 {
+	s := x ^ slashs // zero where x has '\\'
+	return (((s - ones) &^ s) | ((x - spaces) &^ x)) & highs
+}
+
+// controls returns a mask with the high bit of a byte set where the
+// corresponding byte of the little-endian word x is below 0x20, and maybe in
+// some bytes above such a byte (a borrow), never below: x has a control byte
+// exactly when the mask is not zero, and the lowest flag is the first one.
+func controls(x uint64) uint64 {
+	return (x - spaces) &^ x & highs
+}
+
+// controlIndex returns the index of the first byte of s below 0x20, or -1.
+// It checks 32 bytes at a time, then 8, then the last bytes in one word that
+// overlaps bytes already checked.
+func controlIndex(s []byte) int {
+	i := 0
+	for len(s)-i >= 32 {
+		w := s[i : i+32]
+		x0 := binary.LittleEndian.Uint64(w)
+		x1 := binary.LittleEndian.Uint64(w[8:])
+		x2 := binary.LittleEndian.Uint64(w[16:])
+		x3 := binary.LittleEndian.Uint64(w[24:])
+		if ((x0-spaces)&^x0|(x1-spaces)&^x1|(x2-spaces)&^x2|(x3-spaces)&^x3)&highs != 0 {
+			break
+		}
+		i += 32
+	}
+	for len(s)-i >= 8 {
+		if m := controls(binary.LittleEndian.Uint64(s[i:])); m != 0 {
+			return i + bits.TrailingZeros64(m)/8
+		}
+		i += 8
+	}
+	if i == len(s) {
+		return -1
+	}
+	if len(s) >= 8 {
+		// The last word, overlapping bytes already checked (none of them
+		// is a control byte, so the first flag is in the new bytes).
+		j := len(s) - 8
+		if m := controls(binary.LittleEndian.Uint64(s[j:])); m != 0 {
+			return j + bits.TrailingZeros64(m)/8
+		}
+		return -1
+	}
+	for ; i < len(s); i++ {
+		if s[i] < 0x20 {
+			return i
+		}
+	}
+	return -1
 }
 
 // scanEscape scans the escape whose backslash is just before b[i] and

@@ -172,7 +172,36 @@ var cases = []struct {
 	{`{"a":1}{}`, false},
 	{`{"a\u0022":"\"}"}`, true},
 	{`{"":""}`, true},
+
+	// Long strings (scanLong): runs of 32 plain bytes or more.
+	{`"` + long40 + `"`, true},
+	{`"` + long40, false},
+	{`"` + long40 + `\`, false},
+	{`"` + long40 + `\"`, false},
+	{`"` + long40 + `\\"`, true},
+	{`"` + long40 + `\u00e`, false},
+	{`"` + long40 + `\u00e9"`, true},
+	{`"` + long40 + `\"` + long40 + `"`, true},
+	{`"` + long40 + `\""`, true},
+	{`"` + long40 + `\"\""`, true},
+	{`"` + long40 + `\"` + long40, false},
+	{`"` + long40 + `\"` + long40 + `\"` + long40 + `"`, true},
+	{`"` + long40 + long40 + "\x1f\"", false},
+	{`"` + long40 + long40 + "\x00", false},
+	{`"` + long40 + "\t" + long40 + `"`, false},
+	{`"` + long40 + `\n` + long40 + "\n" + long40 + `"`, false},
+	{`"` + long40 + `\n` + long40 + `\q` + long40 + `"`, false},
+	{`"` + long40 + `\n\n\n\u00e9\u00E9x\"` + long40 + `"`, true},
+	{`["` + long40 + `","` + long40 + `"]`, true},
+	{`["` + long40 + `",` + long40 + `"]`, false},
+	{`{"` + long40 + `":"` + long40 + `\\"}`, true},
+	{`{"` + long40 + `":"` + long40 + `\\\"}`, false},
+	{`"` + long40 + "\x7f\x80\xff\"", true},
 }
+
+// long40 is 40 plain bytes: enough for scanString to hand a string over to
+// scanLong.
+const long40 = "0123456789abcdefghijklmnopqrstuvwxyzABCD"
 
 func TestCases(t *testing.T) {
 	for _, tc := range cases {
@@ -201,6 +230,62 @@ func TestStringPositions(t *testing.T) {
 				check(t, []byte(s))
 				check(t, []byte(`{"k":`+s+`}`))
 				check(t, []byte(s[:len(s)-1])) // unterminated
+			}
+		}
+	}
+}
+
+// TestLongStringPositions moves every interesting byte through every
+// position of strings of the lengths where word loops change (7, 8, 15, 16,
+// 17 ... 65 bytes), after prefixes that make scanString hand over to scanLong
+// at different offsets, and after escapes (an escaped quote is a '"' before
+// the closing one that scanLong must step over).
+func TestLongStringPositions(t *testing.T) {
+	specials := []string{`"`, `\`, `\"`, `\n`, `\u00e9`, `\u00g9`, `\q`, "\x00", "\x1f", "\x20", "\x7f", "\x80", "\xff"}
+	plain := func(n int) string { return strings.Repeat("p", n) }
+	prefixes := []string{
+		"", plain(16), plain(31), plain(32), plain(33), plain(48), plain(100),
+		plain(40) + `\n`, plain(40) + `\"`, plain(40) + `\"` + plain(40),
+		plain(40) + `\"` + plain(5) + `\u00e9`, plain(40) + `\\` + plain(20) + `\n` + plain(35),
+	}
+	for _, prefix := range prefixes {
+		for _, n := range []int{7, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65} {
+			for pos := 0; pos <= n; pos++ {
+				for _, sp := range specials {
+					s := `"` + prefix + plain(pos) + sp + strings.Repeat("b", n-pos) + `"`
+					check(t, []byte(s))
+					check(t, []byte(`["`+plain(40)+`",`+s+`,"x"]`))
+					check(t, []byte(s[:len(s)-1])) // unterminated
+				}
+			}
+		}
+	}
+}
+
+// TestControlIndex checks controlIndex against a byte-by-byte answer for
+// control bytes at every position of slices up to 80 bytes long.
+func TestControlIndex(t *testing.T) {
+	for n := 0; n <= 80; n++ {
+		for _, fill := range []byte{'a', 0x20, 0x21, 0x80, 0x9f, 0xff} {
+			s := bytes.Repeat([]byte{fill}, n)
+			if got := controlIndex(s); got != -1 {
+				t.Fatalf("controlIndex(%q) = %d, want -1", s, got)
+			}
+			for pos := 0; pos < n; pos++ {
+				for _, c := range []byte{0x00, 0x01, 0x0a, 0x1f} {
+					s[pos] = c
+					if got := controlIndex(s); got != pos {
+						t.Fatalf("controlIndex(%q) = %d, want %d", s, got, pos)
+					}
+					if pos+1 < n { // a second control byte after the first
+						s[n-1] = 0
+						if got := controlIndex(s); got != pos {
+							t.Fatalf("controlIndex(%q) = %d, want %d", s, got, pos)
+						}
+						s[n-1] = fill
+					}
+					s[pos] = fill
+				}
 			}
 		}
 	}
@@ -237,6 +322,45 @@ func TestStopBytes(t *testing.T) {
 	}
 }
 
+// TestMasks checks escapesOrControls and controls as TestStopBytes checks
+// stopBytes.
+func TestMasks(t *testing.T) {
+	for _, m := range []struct {
+		name string
+		mask func(uint64) uint64
+		is   func(byte) bool
+	}{
+		{"escapesOrControls", escapesOrControls, func(c byte) bool { return c == '\\' || c < 0x20 }},
+		{"controls", controls, func(c byte) bool { return c < 0x20 }},
+	} {
+		for _, fill := range []byte{'a', 0xff, 0x80, 0x20, 0x21, 0x00, '"', '\\'} {
+			for pos := 0; pos < 8; pos++ {
+				for v := 0; v < 256; v++ {
+					var w [8]byte
+					for k := range w {
+						w[k] = fill
+					}
+					w[pos] = byte(v)
+					got := m.mask(binary.LittleEndian.Uint64(w[:]))
+					first := -1
+					for k, c := range w {
+						if m.is(c) {
+							first = k
+							break
+						}
+					}
+					switch {
+					case first < 0 && got != 0:
+						t.Fatalf("%s(%q) = %#x, want 0", m.name, w, got)
+					case first >= 0 && (got == 0 || bits.TrailingZeros64(got)/8 != first):
+						t.Fatalf("%s(%q) = %#x, want lowest flag at byte %d", m.name, w, got, first)
+					}
+				}
+			}
+		}
+	}
+}
+
 func TestDepth(t *testing.T) {
 	for _, depth := range []int{1, 63, 64, 65, 127, 128, 129, 1000, maxDepth - 1, maxDepth, maxDepth + 1, 2 * maxDepth} {
 		for _, in := range [][]byte{
@@ -265,6 +389,9 @@ func TestAllocs(t *testing.T) {
 		"1KiB":     body(1024),
 		"16KiB":    body(16 << 10),
 		"array":    array(16 << 10),
+		"prose":    prose(16 << 10),
+		"uescapes": uescapes(16 << 10),
+		"short":    shortStrings(16 << 10),
 		"depth128": nest(`{"a":[`, "]}", "1", 64),
 		"invalid":  []byte(`{"a":[1,2,`),
 		"garbage":  []byte("\xff\xfe"),
@@ -386,3 +513,60 @@ func BenchmarkStdValid16KiB(b *testing.B) { benchmark(b, body(16<<10), json.Vali
 // The Array benchmarks are structure-heavy rather than string-heavy.
 func BenchmarkValidArray16KiB(b *testing.B)    { benchmark(b, array(16<<10), Valid) }
 func BenchmarkStdValidArray16KiB(b *testing.B) { benchmark(b, array(16<<10), json.Valid) }
+
+// prose returns a task body of exactly n bytes whose content is prose with
+// an escaped newline ("\n") every 80 bytes or so, as text with paragraphs is
+// encoded.
+func prose(n int) []byte {
+	const (
+		head = `{"version":1,"type":"summarization","content":"`
+		tail = `"}`
+		line = `The quick brown fox jumps over the lazy dog, and then it runs away fast.\n`
+	)
+	pad := n - len(head) - len(tail)
+	text := strings.Repeat(line, pad/len(line)+1)[:pad]
+	text = strings.TrimRight(text, `\`) // do not cut an escape in half
+	text += strings.Repeat("x", pad-len(text))
+	b := []byte(head + text + tail)
+	if len(b) != n || !json.Valid(b) {
+		panic("bad benchmark body")
+	}
+	return b
+}
+
+// uescapes returns a JSON string of about n bytes with two \u escapes every 20
+// bytes, as encoders that escape non-ASCII text write it.
+func uescapes(n int) []byte {
+	var b bytes.Buffer
+	b.WriteByte('"')
+	for b.Len() < n-len(`"`) {
+		b.WriteString(`caf\u00e9 na\u00efve `) // 20 bytes
+	}
+	b.WriteByte('"')
+	if !json.Valid(b.Bytes()) {
+		panic("bad benchmark body")
+	}
+	return b.Bytes()
+}
+
+// shortStrings returns a JSON array of at least n bytes of small objects
+// whose keys and values are all short strings.
+func shortStrings(n int) []byte {
+	var b bytes.Buffer
+	b.WriteByte('[')
+	for i := 0; b.Len() < n; i++ {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"k":"v` + strconv.Itoa(i) + `","name":"a short name","label":"twenty-four bytes label"}`)
+	}
+	b.WriteByte(']')
+	return b.Bytes()
+}
+
+// The Prose, UEscapes and ShortStrings benchmarks are the cases where a
+// string scan that searches ahead could go slower or quadratic: frequent
+// escapes in long text, and many short strings.
+func BenchmarkValidProse16KiB(b *testing.B)        { benchmark(b, prose(16<<10), Valid) }
+func BenchmarkValidUEscapes16KiB(b *testing.B)     { benchmark(b, uescapes(16<<10), Valid) }
+func BenchmarkValidShortStrings16KiB(b *testing.B) { benchmark(b, shortStrings(16<<10), Valid) }
