@@ -448,16 +448,33 @@ func (p *Producer) abandon(done func(error)) {
 // queue's bytes, accepted and not yet final, wherever they are. A message
 // sent at once can come back to the retry queue when it fails, so admitting
 // by the queue's fill alone would let it grow without bound.
+//
+// A refusal undoes what it took without signalling room: it made none, and
+// a PublishAsync waiting for room would wake itself and spin until a
+// confirm made some. The bytes are taken by compare-and-swap, never over the
+// cap even for a moment, so that a concurrent hold is not refused for bytes
+// that this one gives back at once and then left waiting with nothing to
+// wake it. (A count taken for a moment can refuse another hold only while
+// capCount-1 >= 1 messages are held, whose release wakes it.)
 func (p *Producer) hold(size int) bool {
 	if p.held.Add(1) > p.capCount {
 		p.held.Add(-1)
 		return false
 	}
-	if p.heldBytes.Add(int64(size)) > p.capBytes && p.cfg.buffered() {
-		p.release(size)
-		return false
+	if !p.cfg.buffered() {
+		p.heldBytes.Add(int64(size))
+		return true
 	}
-	return true
+	for {
+		cur := p.heldBytes.Load()
+		if cur+int64(size) > p.capBytes {
+			p.held.Add(-1)
+			return false
+		}
+		if p.heldBytes.CompareAndSwap(cur, cur+int64(size)) {
+			return true
+		}
+	}
 }
 
 // release undoes hold when the message is final or was refused.
