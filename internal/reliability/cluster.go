@@ -235,6 +235,18 @@ func (c *clusterRun) leader(queue string) (int, error) {
 	return lead, nil
 }
 
+// queueStatus returns the leader, members and online members of every
+// queue as a running node sees them, or why it cannot: what a failure to
+// resume needs to tell the broker's part (a queue without a majority of its
+// members) from the Producer's.
+func (c *clusterRun) queueStatus() string {
+	out, err := rabbittest.ClusterRabbitmqctl(c.running(), "-q", "list_queues", "name", "leader", "members", "online")
+	if err != nil {
+		return fmt.Sprintf("(rabbitmqctl failed: %v)", err)
+	}
+	return strings.TrimSpace(out)
+}
+
 // confirmsResume waits until the Producer is connected and has counted a
 // confirm after the call, for at most limit; it returns how long that took.
 func (c *clusterRun) confirmsResume(limit time.Duration) (time.Duration, bool) {
@@ -357,6 +369,7 @@ func cluster(h *run) {
 		d, ok := c.confirmsResume(clusterResume)
 		if !ok {
 			h.res.failf("%s: confirms did not resume within %s with node(s) %v down (status %+v)", what, clusterResume, nodes, h.prod.Status())
+			h.res.notef("the task queues then (rabbitmqctl list_queues name leader members online):\n%s", c.queueStatus())
 			return false
 		}
 		worst = max(worst, stopped+d)
@@ -432,6 +445,7 @@ func cluster(h *run) {
 	d, ok := c.confirmsResume(clusterResume)
 	if !ok {
 		h.res.failf("confirms did not resume within %s of the majority's return (status %+v)", clusterResume, h.prod.Status())
+		h.res.notef("the task queues then (rabbitmqctl list_queues name leader members online):\n%s", c.queueStatus())
 		return
 	}
 	back := startTook + d

@@ -373,6 +373,11 @@ func (r *Runner) Run(ctx context.Context, name string) Result {
 		res.failf("interrupted: %v", ctx.Err())
 	}
 	res.Pass = len(res.Failures) == 0
+	if !res.Pass {
+		if recs, n := h.logs.last(); len(recs) > 0 {
+			res.notef("the Producer's last %d of %d log records (time since the run began):\n%s", len(recs), n, strings.Join(recs, "\n"))
+		}
+	}
 	return res
 }
 

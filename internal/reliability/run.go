@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -104,6 +105,9 @@ type run struct {
 	name  string
 	start time.Time
 	logf  func(string, ...any)
+	// logs keeps the Producers' last log records (newProducer), shown in
+	// the report of a failed run.
+	logs *logRing
 
 	exclusive        bool // the scenario holds the broker lock exclusively
 	goroutinesBefore int
@@ -176,6 +180,7 @@ func newRun(ctx context.Context, r *Runner, res *Result) *run {
 		logf: r.cfg.Logf,
 		reg:  prometheus.NewRegistry(),
 	}
+	h.logs = newLogRing(time.Now())
 	h.goroutinesBefore = runtime.NumGoroutine()
 	h.stacksBefore = goroutineTops()
 	h.start = time.Now()
@@ -451,9 +456,12 @@ func (h *run) newProducer(opts ...mlproducer.Option) (*mlproducer.Producer, erro
 		mlproducer.WithRetryQueueCapacity(1_000_000, 1<<30),
 		mlproducer.WithReconnectBackoff(50*time.Millisecond, time.Second),
 	}
+	// The ring keeps the Producer's last records for a failure's report.
+	var handler slog.Handler = h.logs
 	if h.r.cfg.Logger != nil {
-		base = append(base, mlproducer.WithLogger(h.r.cfg.Logger.With("scenario", h.name)))
+		handler = slog.NewMultiHandler(h.logs, h.r.cfg.Logger.Handler())
 	}
+	base = append(base, mlproducer.WithLogger(slog.New(handler).With("scenario", h.name)))
 	p, err := mlproducer.New(append(base, opts...)...)
 	if err != nil {
 		return nil, err
