@@ -15,21 +15,22 @@ const logRingSize = 40
 // logRing is a slog.Handler that keeps the last logRingSize records at Info
 // or above, so that a failed scenario's report shows what the Producer said
 // before it failed (breaker transitions, reconnects) without a logger
-// configured. Its lines carry the time since the run began.
+// configured. Its lines carry the time since the run began. The handlers
+// WithAttrs derives share one ring.
 type logRing struct {
 	start time.Time
 	attrs []slog.Attr // from WithAttrs; groups are flattened away
-
-	mu   *sync.Mutex
-	recs *[]string // ring of formatted records
-	next *int      // index of the next write, modulo logRingSize
-	n    *int      // records written in all
+	ring  *ring
 }
 
-func newLogRing(start time.Time) *logRing {
-	recs := make([]string, logRingSize)
-	return &logRing{start: start, mu: new(sync.Mutex), recs: &recs, next: new(int), n: new(int)}
+// ring is the records a logRing and the handlers derived from it keep.
+type ring struct {
+	mu   sync.Mutex
+	recs [logRingSize]string
+	n    int // records written in all; the next goes to recs[n%logRingSize]
 }
+
+func newLogRing(start time.Time) *logRing { return &logRing{start: start, ring: new(ring)} }
 
 func (l *logRing) Enabled(_ context.Context, lv slog.Level) bool { return lv >= slog.LevelInfo }
 
@@ -44,11 +45,11 @@ func (l *logRing) Handle(_ context.Context, r slog.Record) error {
 		add(a)
 	}
 	r.Attrs(add)
-	l.mu.Lock()
-	(*l.recs)[*l.next] = b.String()
-	*l.next = (*l.next + 1) % logRingSize
-	*l.n++
-	l.mu.Unlock()
+	g := l.ring
+	g.mu.Lock()
+	g.recs[g.n%logRingSize] = b.String()
+	g.n++
+	g.mu.Unlock()
 	return nil
 }
 
@@ -63,13 +64,14 @@ func (l *logRing) WithGroup(string) slog.Handler { return l }
 // last returns the kept records, oldest first, and how many were written
 // in all.
 func (l *logRing) last() ([]string, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
+	g := l.ring
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	var out []string
 	for i := range logRingSize {
-		if s := (*l.recs)[(*l.next+i)%logRingSize]; s != "" {
+		if s := g.recs[(g.n+i)%logRingSize]; s != "" {
 			out = append(out, s)
 		}
 	}
-	return out, *l.n
+	return out, g.n
 }

@@ -180,10 +180,10 @@ func newRun(ctx context.Context, r *Runner, res *Result) *run {
 		logf: r.cfg.Logf,
 		reg:  prometheus.NewRegistry(),
 	}
-	h.logs = newLogRing(time.Now())
 	h.goroutinesBefore = runtime.NumGoroutine()
 	h.stacksBefore = goroutineTops()
 	h.start = time.Now()
+	h.logs = newLogRing(h.start)
 
 	hctx, stop := context.WithCancel(context.Background())
 	h.heapStop = stop
