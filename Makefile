@@ -6,16 +6,21 @@ GO ?= go
 
 ## test: start (or install) a local RabbitMQ if needed, vet, then the whole suite with -race,
 ## one package at a time (-p 1): the real-broker scenarios judge call latency, and the
-## simulation's schedules in a package beside them would take both cores. The cluster tests
-## start the local 3-node cluster (scripts/rabbitmq-cluster.sh) when they first need it; it is
-## torn down at the end, whether the suite passed or not.
+## simulation's schedules in a package beside them would take both cores. The local 3-node
+## cluster (scripts/rabbitmq-cluster.sh) boots in the background while vet and the build
+## run (its log: CLUSTER_UP_LOG); the cluster tests wait for it (the script holds a lock) and
+## start it themselves if that failed. It is torn down at the end, whether the suite passed
+## or not.
+CLUSTER_UP_LOG ?= $(or $(TMPDIR),/tmp)/mlproducer-cluster-up.log
 test:
 	bash scripts/ensure-rabbitmq.sh
-	$(GO) vet ./...
 	@# Build every test binary first, in parallel: -p 1 below, which keeps the
 	@# tests that change the broker apart, would also build them one at a time.
-	$(GO) test -race -count=1 -exec /bin/true ./... >/dev/null
-	status=0; $(GO) test -race -count=1 -p 1 -timeout 8m ./... || status=$$?; \
+	status=0; \
+	bash scripts/rabbitmq-cluster.sh up >'$(CLUSTER_UP_LOG)' 2>&1 & up=$$!; \
+	$(GO) vet ./... && $(GO) test -race -count=1 -exec /bin/true ./... >/dev/null || status=$$?; \
+	if [ $$status = 0 ]; then $(GO) test -race -count=1 -p 1 -timeout 8m ./... || status=$$?; fi; \
+	wait $$up || echo "make test: the background cluster start failed; see $(CLUSTER_UP_LOG)" >&2; \
 	bash scripts/rabbitmq-cluster.sh down || true; \
 	(cd internal/bench/chart && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || status=$$?; \
 	exit $$status

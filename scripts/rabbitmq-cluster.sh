@@ -8,7 +8,13 @@
 #   down        stop the three nodes and remove their directory
 #   status      say which nodes run and what the cluster looks like
 #   stop N...   stop node N (1..3; several at once), keeping its data
-#   start N...  start node N again (several at once) and wait until they run
+#   stop-app N...
+#               stop only the rabbit application on node N (rabbitmqctl
+#               stop_app; several at once): its listener, connections and
+#               quorum queue members go as in a stop, the Erlang VM stays,
+#               so that start takes about 3 s instead of about 16 s
+#   start N...  start node N again (several at once) and wait until they run;
+#               a node stopped by stop-app gets its rabbit application back
 #   pid N       print the OS pid of node N's Erlang VM (to SIGSTOP/SIGCONT it)
 #   ctl N ARGS  run rabbitmqctl ARGS against node N (with the cluster's cookie)
 #   urls        print the three amqp URLs, comma-separated
@@ -165,13 +171,27 @@ EOF
   done
 }
 
+# app_stopped N: the file that says stop-app stopped node N's rabbit
+# application (written before the stop_app, removed once it runs again).
+app_stopped() { echo "$(node_dir "$1")/app-stopped"; }
+
 # start_node N: starts node N detached unless it already runs (does not wait).
+# A node whose rabbit application stop-app stopped gets it back with
+# start_app, in the background: wait_running sees it come up, and the
+# command's final wait reaps it.
 start_node() {
   local n=$1
+  local d; d=$(node_dir "$n")
+  if [[ -f "$(app_stopped "$n")" ]]; then
+    if beam_pid "$n" >/dev/null; then
+      (ctl "$n" start_app >>"$d/log/startup.log" 2>&1 && rm -f "$(app_stopped "$n")") &
+      return 0
+    fi
+    rm -f "$(app_stopped "$n")" # the VM is gone too: start it below
+  fi
   if beam_pid "$n" >/dev/null || pinging "$n"; then
     return 0
   fi
-  local d; d=$(node_dir "$n")
   rm -f "$d/pid"
   (cd "$d" && node_env "$n" "$bindir/rabbitmq-server" -detached >>"$d/log/startup.log" 2>&1) ||
     die "could not start $(node_name "$n"): see $d/log/startup.log"
@@ -216,7 +236,15 @@ stop_node() {
     fi
     sleep 0.1
   done
-  rm -f "$(node_dir "$n")/pid"
+  rm -f "$(node_dir "$n")/pid" "$(app_stopped "$n")"
+}
+
+# stop_app N: stops node N's rabbit application, leaving its Erlang VM.
+stop_app() {
+  local n=$1 out
+  beam_pid "$n" >/dev/null || die "$(node_name "$n") does not run: nothing to stop-app"
+  touch "$(app_stopped "$n")"
+  out=$(ctl "$n" stop_app 2>&1) || die "rabbitmqctl stop_app on $(node_name "$n") failed: $out"
 }
 
 wipe() {
@@ -261,6 +289,7 @@ cmd_up() {
     (( SECONDS - start < timeout_s )) || { cmd_status >&2 || true; die "the nodes run but are not clustered after ${timeout_s}s; try: $0 down && $0 up"; }
     sleep 1
   done
+  wait # start_app calls start_node left in the background
   say "cluster up after $((SECONDS - start))s: $(cmd_urls)"
 }
 
@@ -302,20 +331,23 @@ flock -w $((timeout_s * 3)) 9 || die "timed out waiting for the lock $lock_file 
 case "$cmd" in
   up) cmd_up ;;
   down) wipe; say "cluster down, $base removed" ;;
-  stop|start)
+  stop|stop-app|start)
     shift
     (( $# > 0 )) || die "give the nodes to $cmd: 1, 2 or 3"
     for n in "$@"; do check_node "$n"; done
     [[ -d "$base" ]] || die "no cluster at $base; run: $0 up"
-    if [[ $cmd == stop ]]; then
-      for n in "$@"; do stop_node "$n" & done
-      wait
-    else
-      # Together: a node that was not the last to stop waits for its peers.
-      for n in "$@"; do start_node "$n"; done
-      wait_running "$@"
-    fi
+    pids=()
+    case "$cmd" in
+      stop) for n in "$@"; do stop_node "$n" & pids+=($!); done ;;
+      stop-app) for n in "$@"; do stop_app "$n" & pids+=($!); done ;;
+      start)
+        # Together: a node that was not the last to stop waits for its peers.
+        for n in "$@"; do start_node "$n"; done
+        wait_running "$@" ;;
+    esac
+    for p in "${pids[@]}"; do wait "$p" || die "$cmd $*: a node failed (see above)"; done
+    wait # start_app calls started in the background
     done_word=stopped; [[ $cmd == start ]] && done_word=running
     for n in "$@"; do say "$(node_name "$n") $done_word"; done ;;
-  *) echo "usage: $0 up|down|status|stop N...|start N...|pid N|ctl N ARGS...|urls|nodes" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|stop N...|stop-app N...|start N...|pid N|ctl N ARGS...|urls|nodes" >&2; exit 2 ;;
 esac

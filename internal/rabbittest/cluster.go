@@ -194,9 +194,17 @@ func checkNode(n int) error {
 // data; see [StopNode].
 func StopClusterNodes(nodes ...int) error { return nodesCmd("stop", nodes) }
 
+// StopClusterApps stops only the rabbit application of the nodes (each
+// 1..3) at once (`rabbitmqctl stop_app`): their listeners, client
+// connections and quorum queue members go as in [StopClusterNodes], but the
+// Erlang VMs stay, so [StartClusterNodes] has them back in about 3 s instead
+// of the about 16 s a node's boot takes here.
+func StopClusterApps(nodes ...int) error { return nodesCmd("stop-app", nodes) }
+
 // StartClusterNodes starts the nodes (each 1..3) at once and returns once
-// they run. Start together the nodes stopped together: a node that was not
-// the last of the cluster to stop waits for its peers when it boots.
+// they run, whether [StopClusterNodes] or [StopClusterApps] stopped them.
+// Start together the nodes stopped together: a node that was not the last
+// of the cluster to stop waits for its peers when it boots.
 func StartClusterNodes(nodes ...int) error { return nodesCmd("start", nodes) }
 
 func nodesCmd(cmd string, nodes []int) error {

@@ -16,7 +16,8 @@ import (
 // Cluster runs 64 callers on quorum queues of the local 3-node cluster
 // (scripts/rabbitmq-cluster.sh, started if needed) while, in turn, the node
 // the Producer is connected to is stopped and started, then the leader of a
-// queue, then every node in a rolling restart, then two of the three nodes
+// queue, then every node in a rolling restart (or only their rabbit
+// applications: [Config.ClusterRollingApps]), then two of the three nodes
 // for 20 s (Config.ClusterOutage), leaving the third without a majority. It
 // checks that confirms resume after each fault, that nothing is reported
 // confirmed while the cluster has no majority, and, like every scenario,
@@ -163,6 +164,18 @@ func (c *clusterRun) stop(nodes ...int) error {
 	}
 	if err := rabbittest.StopClusterNodes(nodes...); err != nil {
 		return fmt.Errorf("stop node(s) %v: %w", nodes, err)
+	}
+	return nil
+}
+
+// stopApp stops the rabbit application of nodes, leaving their Erlang VMs
+// (Config.ClusterRollingApps); c.start brings it back.
+func (c *clusterRun) stopApp(nodes ...int) error {
+	for _, n := range nodes {
+		c.down[n] = true
+	}
+	if err := rabbittest.StopClusterApps(nodes...); err != nil {
+		return fmt.Errorf("stop the rabbit application of node(s) %v: %w", nodes, err)
 	}
 	return nil
 }
@@ -358,10 +371,10 @@ func cluster(h *run) {
 	// fault stops the nodes, waits for confirms to resume while they are
 	// down (unless noMajority), starts them again and waits for confirms
 	// after that; it reports whether all went well.
-	fault := func(what string, nodes ...int) bool {
+	fault := func(what string, stop func(...int) error, nodes ...int) bool {
 		c.mark(what)
 		began := time.Now()
-		if err := c.stop(nodes...); err != nil {
+		if err := stop(nodes...); err != nil {
 			h.res.failf("%s: %v", what, err)
 			return false
 		}
@@ -389,7 +402,7 @@ func cluster(h *run) {
 		h.res.failf("Status().URL %q names no cluster node", h.prod.Status().URL)
 		return
 	}
-	if !fault(fmt.Sprintf("the Producer's node %d", at), at) {
+	if !fault(fmt.Sprintf("the Producer's node %d", at), c.stop, at) {
 		return
 	}
 	// 2. The leader of a queue.
@@ -398,12 +411,16 @@ func cluster(h *run) {
 		h.res.failf("%v", err)
 		return
 	}
-	if !fault(fmt.Sprintf("node %d, leader of %s", lead, taskQueues()[0]), lead) {
+	if !fault(fmt.Sprintf("node %d, leader of %s", lead, taskQueues()[0]), c.stop, lead) {
 		return
 	}
-	// 3. A rolling restart.
+	// 3. A rolling restart: of the nodes, or of their rabbit applications.
+	roll, rolled := c.stop, "node"
+	if h.r.cfg.ClusterRollingApps {
+		roll, rolled = c.stopApp, "rabbit application of node"
+	}
 	for n := 1; n <= rabbittest.ClusterNodes; n++ {
-		if !fault(fmt.Sprintf("rolling restart, node %d", n), n) {
+		if !fault(fmt.Sprintf("rolling restart, %s %d", rolled, n), roll, n) {
 			return
 		}
 	}

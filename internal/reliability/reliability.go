@@ -157,6 +157,13 @@ type Config struct {
 	// ClusterOutage is how long two of the cluster's three nodes stay down
 	// in the cluster scenario. Default 20 s.
 	ClusterOutage time.Duration
+	// ClusterRollingApps makes the cluster scenario's rolling restart
+	// restart each node's rabbit application (rabbitmqctl stop_app,
+	// start_app) instead of its Erlang VM: for each node the listener,
+	// the connections and the queue members go and come back as in a node
+	// restart, in about 3 s instead of about 16 s. The node the Producer
+	// is on, the leader and the two nodes of the outage still stop whole.
+	ClusterRollingApps bool
 	// ClusterTap puts a wire tap ([github.com/mlproducer/mlproducer/internal/amqptap])
 	// between the Producer and each node in the cluster scenario, which
 	// then judges by the wire: every message the Producer counts confirmed

@@ -54,6 +54,9 @@ func runner(t *testing.T) *Runner {
 			// than the command's 64, so that ctx timers are not starved.
 			ClusterPublishers: 8,
 			ClusterOutage:     8 * time.Second,
+			// Restarting three Erlang VMs in turn would take about 40 s
+			// more of the suite; the whole-node stops are the other faults.
+			ClusterRollingApps: true,
 			// The wire judges the cluster scenario (see TestCluster).
 			ClusterTap: true,
 		})
