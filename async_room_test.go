@@ -55,3 +55,45 @@ func TestPublishAsyncWaitsForRoomWithoutSpinning(t *testing.T) {
 	}
 	require.NoError(t, closeProducer(t, p))
 }
+
+// TestBodyOverTheHeldBytesIsRefusedAtOnce: a body larger than the bytes the
+// Producer may hold (WithRetryQueueCapacity, or WithSpoolCapacity) can never
+// be taken. It used to pass validation and then meet "no room" for good:
+// Publish refused it with ErrRetryQueueFull, which says to try again, and
+// PublishAsync waited for room until its ctx ended. Every way in refuses it
+// at once with ErrTooLarge, and nothing is taken.
+func TestBodyOverTheHeldBytesIsRefusedAtOnce(t *testing.T) {
+	b := mlproducertest.NewBroker()
+	defer b.Close()
+	p := newFake(t, b, mlproducer.WithRetryQueueCapacity(1000, 4<<10))
+	waitConnected(t, p)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	big := strings.Repeat("x", 5<<10)
+	msg := mlproducer.Message{Type: mlproducer.TaskEmbedding, Body: []byte(`{"text":"` + big + `"}`)}
+
+	refused := func(what string, err error) {
+		t.Helper()
+		require.ErrorIs(t, err, mlproducer.ErrTooLarge, what)
+		assert.Contains(t, err.Error(), "WithRetryQueueCapacity", what+": the error names the option to change")
+	}
+	d, err := p.PublishAsync(ctx, msg)
+	assert.Nil(t, d)
+	refused("PublishAsync", err)
+	_, err = p.Publish(ctx, msg)
+	refused("Publish", err)
+	_, err = p.PublishEmbedding(ctx, "share-1", big, mlproducer.EmbeddingOptions{})
+	refused("PublishEmbedding", err)
+	_, err = p.PublishSummarization(ctx, "share-1", big, mlproducer.SummarizationOptions{})
+	refused("PublishSummarization", err)
+	require.NoError(t, ctx.Err(), "a refusal waited for ctx")
+
+	// A body that fits still goes.
+	small := mlproducer.Message{Type: mlproducer.TaskEmbedding, Body: []byte(`{"text":"fits"}`)}
+	r, err := p.Publish(ctx, small)
+	require.NoError(t, err)
+	assert.Equal(t, mlproducer.Confirmed, r.State)
+	st := p.Status()
+	assert.Equal(t, uint64(1), st.Accepted, "only the message that fits was taken")
+	require.NoError(t, closeProducer(t, p))
+}

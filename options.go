@@ -324,7 +324,9 @@ func WithMaxRetries(n int) Option { return func(c *config) { c.maxRetries = n } 
 // new publish also fails with [ErrRetryQueueFull] when the Producer already
 // holds messages + [WithMaxInFlight] unconfirmed messages, or bytes of their
 // bodies, wherever they are: the queue never holds more than that. Default
-// 10000 messages and 64 MiB.
+// 10000 messages and 64 MiB. A body larger than bytes could never be held:
+// it is refused at once with an [*InvalidTaskError] that wraps
+// [ErrTooLarge], as a body over the body limit is.
 //
 // (0, 0) turns buffering off: a publish goes to the broker at once or is
 // refused, with [ErrRetryQueueFull] while there is no connection to take it
@@ -353,7 +355,9 @@ func WithSpool(dir string) Option { return func(c *config) { c.spoolDir = dir } 
 
 // WithSpoolCapacity bounds the spool of [WithSpool] by message count and by
 // the bytes of their bodies. A publish that would pass either fails with
-// [ErrRetryQueueFull]. Default 1,000,000 messages and 1 GiB.
+// [ErrRetryQueueFull]; a body larger than bytes, which could never be held,
+// with an [*InvalidTaskError] that wraps [ErrTooLarge]. Default 1,000,000
+// messages and 1 GiB.
 func WithSpoolCapacity(messages int, bytes int64) Option {
 	return func(c *config) { c.spoolCapCount, c.spoolCapBytes = messages, bytes }
 }

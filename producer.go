@@ -274,6 +274,9 @@ func New(opts ...Option) (*Producer, error) {
 				slog.String("dir", cfg.spoolDir), slog.Int("messages", len(left)))
 		}
 	}
+	if cfg.buffered() && p.capBytes < int64(p.cfg.limits.bodyLimit()) {
+		p.cfg.limits.holdBytes = int(p.capBytes)
+	}
 	p.stopCtx, p.stopAll = context.WithCancel(context.Background())
 	p.breaker = newBreaker(p)
 	p.collector = newCollector(p)

@@ -20,6 +20,11 @@ type taskLimits struct {
 	maxBody      int      // bytes; default maxContent + 64 KiB
 	mediaSchemes []string // compared case-insensitively; default https, http, s3, gs
 	privateHosts bool     // WithPrivateMediaHosts: media URLs may name internal hosts
+	// holdBytes, when > 0, is the most body bytes the Producer may hold
+	// (its retry queue's byte capacity, or its spool's): a body over it
+	// could never be taken, whatever the body limit allows. Set by New;
+	// DecodeTask's limits leave it 0.
+	holdBytes int
 }
 
 // defaultTaskLimits returns the default limits. The scheme slice is new on
@@ -89,6 +94,28 @@ func (l *taskLimits) checkBodySize(field string, n int) error {
 		return tooLarge(field, "makes a body of "+strconv.Itoa(n)+" bytes once escaped as JSON, over the body limit of "+
 			strconv.Itoa(limit)+" bytes (quotes, backslashes and control characters take 2 to 6 bytes each)")
 	}
+	return l.checkHeld(field, "makes a body of ", n)
+}
+
+// takeLimit is the largest body the Producer can take: the body limit, or
+// holdBytes when that is less.
+func (l *taskLimits) takeLimit() int {
+	if limit := l.bodyLimit(); l.holdBytes <= 0 || limit <= l.holdBytes {
+		return limit
+	}
+	return l.holdBytes
+}
+
+// checkHeld refuses a body of n bytes that is over what the Producer may
+// hold: it would meet "no room" for good (Publish refused with
+// ErrRetryQueueFull, which says to try again; PublishAsync waited until its
+// ctx ended).
+func (l *taskLimits) checkHeld(field, makes string, n int) error {
+	if l.holdBytes > 0 && n > l.holdBytes {
+		return tooLarge(field, makes+strconv.Itoa(n)+" bytes, more than the "+strconv.Itoa(l.holdBytes)+
+			" bytes of bodies the Producer may hold (the byte capacity of WithRetryQueueCapacity, or of WithSpoolCapacity with a spool), so it could never be taken: raise that capacity to the body limit ("+
+			strconv.Itoa(l.bodyLimit())+" bytes) or lower WithMaxContentBytes")
+	}
 	return nil
 }
 
@@ -114,6 +141,9 @@ func (l *taskLimits) validateMessage(m *Message) error {
 	}
 	if limit := l.bodyLimit(); len(m.Body) > limit {
 		return tooLarge("body", "is longer than "+strconv.Itoa(limit)+" bytes")
+	}
+	if err := l.checkHeld("body", "is ", len(m.Body)); err != nil {
+		return err
 	}
 	if !utf8.Valid(m.Body) {
 		return invalid("body", "is not valid UTF-8")
@@ -212,7 +242,7 @@ func (l *taskLimits) validateEmbedding(shareID, content string, o *EmbeddingOpti
 // with an error for the content that wraps ErrTooLarge.
 func (l *taskLimits) typedBodySize(content string, bodyLen func(contentLen int) int) (int, error) {
 	n := bodyLen(len(content) + 2)
-	if n+5*len(content) <= l.bodyLimit() {
+	if n+5*len(content) <= l.takeLimit() {
 		return n + n/16, nil
 	}
 	n = bodyLen(jsonStringLen(content))
