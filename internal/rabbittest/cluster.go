@@ -54,8 +54,12 @@ func ClusterNodeName(n int) string { return fmt.Sprintf("mlp%d@localhost", n) }
 
 // ClusterScript returns the path of scripts/rabbitmq-cluster.sh in this
 // checkout: found from this source file, else from the working directory up.
-func ClusterScript() (string, error) {
-	const rel = "scripts/rabbitmq-cluster.sh"
+func ClusterScript() (string, error) { return scriptPath("rabbitmq-cluster.sh") }
+
+// scriptPath returns the path of scripts/name in this checkout: beside this
+// source file, or above the working directory.
+func scriptPath(name string) (string, error) {
+	rel := "scripts/" + name
 	if _, file, _, ok := runtime.Caller(0); ok {
 		p := filepath.Join(filepath.Dir(file), "..", "..", rel)
 		if _, err := os.Stat(p); err == nil {
