@@ -158,24 +158,25 @@ func (c *clusterRun) missingByPhase() string {
 	return strings.Join(out, "; ")
 }
 
+// stop stops nodes (their Erlang VMs); c.start starts them again.
 func (c *clusterRun) stop(nodes ...int) error {
-	for _, n := range nodes {
-		c.down[n] = true
-	}
-	if err := rabbittest.StopClusterNodes(nodes...); err != nil {
-		return fmt.Errorf("stop node(s) %v: %w", nodes, err)
-	}
-	return nil
+	return c.takeDown(rabbittest.StopClusterNodes, "stop node(s)", nodes)
 }
 
 // stopApp stops the rabbit application of nodes, leaving their Erlang VMs
 // (Config.ClusterRollingApps); c.start brings it back.
 func (c *clusterRun) stopApp(nodes ...int) error {
+	return c.takeDown(rabbittest.StopClusterApps, "stop the rabbit application of node(s)", nodes)
+}
+
+// takeDown marks nodes down, for restore, before stop runs: a stop that
+// fails half-way is undone too.
+func (c *clusterRun) takeDown(stop func(...int) error, what string, nodes []int) error {
 	for _, n := range nodes {
 		c.down[n] = true
 	}
-	if err := rabbittest.StopClusterApps(nodes...); err != nil {
-		return fmt.Errorf("stop the rabbit application of node(s) %v: %w", nodes, err)
+	if err := stop(nodes...); err != nil {
+		return fmt.Errorf("%s %v: %w", what, nodes, err)
 	}
 	return nil
 }
