@@ -249,16 +249,16 @@ func (c *clusterRun) leader(queue string) (int, error) {
 	return lead, nil
 }
 
-// queueStatus returns the leader, members and online members of every
-// queue as a running node sees them, or why it cannot: what a failure to
-// resume needs to tell the broker's part (a queue without a majority of its
-// members) from the Producer's.
-func (c *clusterRun) queueStatus() string {
+// noteQueueStatus adds to the report the leader, members and online
+// members of every queue as a running node sees them, or why it cannot:
+// what a failure to resume needs to tell the broker's part (a queue without
+// a majority of its members) from the Producer's.
+func (c *clusterRun) noteQueueStatus() {
 	out, err := rabbittest.ClusterRabbitmqctl(c.running(), "-q", "list_queues", "name", "leader", "members", "online")
 	if err != nil {
-		return fmt.Sprintf("(rabbitmqctl failed: %v)", err)
+		out = fmt.Sprintf("(rabbitmqctl failed: %v)", err)
 	}
-	return strings.TrimSpace(out)
+	c.h.res.notef("the task queues then (rabbitmqctl list_queues name leader members online):\n%s", strings.TrimSpace(out))
 }
 
 // confirmsResume waits until the Producer is connected and has counted a
@@ -383,7 +383,7 @@ func cluster(h *run) {
 		d, ok := c.confirmsResume(clusterResume)
 		if !ok {
 			h.res.failf("%s: confirms did not resume within %s with node(s) %v down (status %+v)", what, clusterResume, nodes, h.prod.Status())
-			h.res.notef("the task queues then (rabbitmqctl list_queues name leader members online):\n%s", c.queueStatus())
+			c.noteQueueStatus()
 			return false
 		}
 		worst = max(worst, stopped+d)
@@ -463,7 +463,7 @@ func cluster(h *run) {
 	d, ok := c.confirmsResume(clusterResume)
 	if !ok {
 		h.res.failf("confirms did not resume within %s of the majority's return (status %+v)", clusterResume, h.prod.Status())
-		h.res.notef("the task queues then (rabbitmqctl list_queues name leader members online):\n%s", c.queueStatus())
+		c.noteQueueStatus()
 		return
 	}
 	back := startTook + d
