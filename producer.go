@@ -611,8 +611,10 @@ func (p *Producer) confirmed(m *message) {
 	if at := m.sentAt.Load(); at != 0 {
 		p.metrics.observeLatency(time.Duration(time.Now().UnixNano() - at))
 	}
-	m.signal(Confirmed)
+	// The span before the caller wakes: a publish that returns Confirmed
+	// has ended its span.
 	m.endSpan("confirmed", nil)
+	m.signal(Confirmed)
 	// The Delivery before the Flush count: a Flush that returns has every
 	// Delivery it waited for resolved.
 	if m.dlv != nil {

@@ -102,6 +102,26 @@ func TestTracingPublishSpan(t *testing.T) {
 	})
 }
 
+// A publish that returns Confirmed has ended its span: a service that
+// answers its request then, and a test that looks at the exported spans
+// then, find it (examples/gateway's TestTraceGatewayToWorker failed now and
+// then when the span ended just after the caller woke).
+func TestTracingSpanEndedWhenPublishReturns(t *testing.T) {
+	tp, sr := recorder()
+	b := mlproducertest.NewBroker()
+	defer b.Close()
+	p := newFake(t, b, traced(tp)...)
+	waitConnected(t, p)
+	ctx := context.Background()
+	for i := range 300 {
+		r, err := p.PublishSummarization(ctx, "share-1", "some text", mlproducer.SummarizationOptions{})
+		require.NoError(t, err)
+		require.Equal(t, mlproducer.Confirmed, r.State)
+		require.Len(t, publishSpans(sr), i+1, "publish %d returned Confirmed before its span ended", i+1)
+	}
+	require.NoError(t, closeProducer(t, p))
+}
+
 // Every attempt carries the same trace context; a failed attempt is an event
 // of the one span, which ends at the confirm.
 func TestTracingRetriesAreEventsOfOneSpan(t *testing.T) {
