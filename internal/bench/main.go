@@ -251,41 +251,65 @@ func parseFlags() (config, error) {
 }
 
 // plan is the order of one round: for each size, each caller count's raw
-// and Producer cases side by side, then the two single-goroutine raw cases;
-// then the drain cases. With 1 KiB bodies, each Producer publish case has its
-// spool twin beside it. Odd rounds run the same list backwards, so that a
-// case is not always the one that follows the same other.
+// and Producer cases side by side, then the single-goroutine cases; then the
+// drain cases. Each ratio's two cases run next to each other, so that a slow
+// spell of the machine (single-caller rates here move 3× within minutes)
+// falls on both: producer-publish-N beside raw-N and raw-windowN, and
+// producer-async-wW beside raw-windowW. With 1 KiB bodies, each caller
+// count's spool case comes just before its raw-N. Odd rounds run the same list
+// backwards, so that a case is not always the one that follows the same other.
 func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 	for _, size := range cfg.sizes {
-		for _, n := range cfg.callers {
-			specs = append(specs,
-				spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels},
-				spec{kind: kindPublish, callers: n, size: size})
-			if size == spoolSize {
-				specs = append(specs, spec{kind: kindPublishSpool, callers: n, size: size})
-			}
-			specs = append(specs, spec{kind: kindSummarization, callers: n, size: size})
-			if n == envCallers {
-				specs = append(specs, spec{kind: kindPublish, callers: n, size: size, env: envAll})
-				for _, prop := range envCases {
-					specs = append(specs, spec{kind: kindRawEnv, callers: n, size: size, env: prop})
+		rawW := func(w int) spec { return spec{kind: kindRawWindow, callers: 1, size: size, window: w} }
+		asyncW := func(w int) spec { return spec{kind: kindPublishAsync, callers: 1, size: size, window: w} }
+		placed := map[spec]bool{}
+		add := func(ss ...spec) {
+			for _, s := range ss {
+				if !placed[s] {
+					placed[s] = true
+					specs = append(specs, s)
 				}
 			}
 		}
-		for _, w := range cfg.rawWindows {
-			specs = append(specs, spec{kind: kindRawWindow, callers: 1, size: size, window: w})
-		}
-		for _, w := range cfg.asyncWindows {
-			specs = append(specs, spec{kind: kindPublishAsync, callers: 1, size: size, window: w})
+		for _, n := range cfg.callers {
+			if size == spoolSize {
+				add(spec{kind: kindPublishSpool, callers: n, size: size})
+			}
+			add(spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels},
+				spec{kind: kindPublish, callers: n, size: size})
+			if slices.Contains(cfg.rawWindows, n) {
+				add(rawW(n))
+				if slices.Contains(cfg.asyncWindows, n) {
+					add(asyncW(n))
+				}
+			}
+			add(spec{kind: kindSummarization, callers: n, size: size})
+			if n == envCallers {
+				add(spec{kind: kindPublish, callers: n, size: size, env: envAll})
+				for _, prop := range envCases {
+					add(spec{kind: kindRawEnv, callers: n, size: size, env: prop})
+				}
+			}
 		}
 		if cfg.cluster {
 			for _, n := range quorumCallers {
-				specs = append(specs,
-					spec{kind: kindRaw, callers: n, size: size, quorum: true},
+				add(spec{kind: kindRaw, callers: n, size: size, quorum: true},
 					spec{kind: kindPublish, callers: n, size: size, quorum: true})
 			}
 		}
-		specs = append(specs, spec{kind: kindRawNoConfirm, callers: 1, size: size})
+		// The windows no caller count took, smallest first, each raw
+		// window beside the async case of the same window; raw-noconfirm,
+		// the ceiling, after the largest.
+		ws := slices.Sorted(slices.Values(append(slices.Clone(cfg.rawWindows), cfg.asyncWindows...)))
+		for _, w := range slices.Compact(ws) {
+			if slices.Contains(cfg.rawWindows, w) {
+				add(rawW(w))
+			}
+			if slices.Contains(cfg.asyncWindows, w) {
+				add(asyncW(w))
+			}
+		}
+		add(spec{kind: kindRawNoConfirm, callers: 1, size: size})
 	}
 	if cfg.only != nil {
 		specs = slices.DeleteFunc(specs, func(s spec) bool { return !cfg.only.MatchString(s.name()) })

@@ -158,3 +158,50 @@ func TestAsyncHeapReport(t *testing.T) {
 		t.Errorf("a case not run prints %q", b.String())
 	}
 }
+
+// TestPlanPutsRatiosSideBySide: in every round of the default plan, each
+// case runs once and the two cases of each throughput target run one after
+// the other, so that a slow spell of the machine falls on both.
+func TestPlanPutsRatiosSideBySide(t *testing.T) {
+	cfg := config{
+		sizes: []int{1024, 16384}, callers: []int{1, 16, 64, 256},
+		rawWindows: []int{1, 16, 64, 256, 1024, 4096}, asyncWindows: []int{64, 256, 1024, 4096},
+		rawChannels: 1, cluster: true,
+	}
+	for round := range 2 {
+		specs, _, _ := plan(cfg, round)
+		at := map[string]int{}
+		for i, s := range specs {
+			if j, dup := at[s.key()]; dup {
+				t.Fatalf("round %d: %s at %d and %d", round, s.key(), j, i)
+			}
+			at[s.key()] = i
+		}
+		for _, size := range cfg.sizes {
+			pairs := [][2]spec{
+				{{kind: kindPublishAsync, callers: 1, window: 256}, {kind: kindRawWindow, callers: 1, window: 256}},
+				{{kind: kindPublishAsync, callers: 1, window: 4096}, {kind: kindRawNoConfirm, callers: 1}},
+				{{kind: kindPublishAsync, callers: 1, window: 1024}, {kind: kindRawWindow, callers: 1, window: 1024}},
+			}
+			for _, n := range cfg.callers {
+				pairs = append(pairs,
+					[2]spec{{kind: kindPublish, callers: n}, {kind: kindRaw, callers: n}},
+					[2]spec{{kind: kindPublish, callers: n}, {kind: kindRawWindow, callers: 1, window: n}})
+			}
+			for _, p := range pairs {
+				p[0].size, p[1].size = size, size
+				i, ok1 := at[p[0].key()]
+				j, ok2 := at[p[1].key()]
+				if !ok1 || !ok2 {
+					t.Fatalf("round %d: %s or %s not planned", round, p[0].key(), p[1].key())
+				}
+				if i-j != 1 && j-i != 1 {
+					t.Errorf("round %d: %s at %d, %s at %d: not side by side", round, p[0].key(), i, p[1].key(), j)
+				}
+			}
+		}
+		if n := len(at); n < 2*(4*5+6+4) {
+			t.Errorf("round %d: %d cases planned; want every case of the default run", round, n)
+		}
+	}
+}
