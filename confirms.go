@@ -380,8 +380,8 @@ func (s *session) write(ex string, batch []*attempt) bool {
 			s.fail(fmt.Errorf("publish: %w", err))
 			return false
 		}
-		// Only a write that returned counts as an attempt.
-		m.sends.Store(a.n)
+		// Only a write that returned (or was confirmed) counts as an attempt.
+		m.noteSent(a.n)
 	}
 	if batcher != nil {
 		if err := batcher.EndBatch(); err != nil {
@@ -543,6 +543,10 @@ func (s *session) onConfirm(c transport.Confirmation) {
 			stored = g.acks > g.returns
 		}
 		only := a.state == attSent && a.n == 1 && a.m.sends.Load() == 1
+		// A confirmed attempt was written, even if its writer has not
+		// counted it yet: the span, the dead letter and a retry's attempt
+		// number see it.
+		a.m.noteSent(a.n)
 		outs = append(outs, settled{a.m, a.returned, a.state == attTimedOut, stored, only, a.done})
 		a.state = attDone
 		a.m, a.done = nil, nil

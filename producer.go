@@ -124,6 +124,18 @@ func (m *message) recycle(pool *bodyPool) {
 
 // signal reports the first outcome to a waiting caller; later ones are
 // ignored.
+// noteSent records that attempt n of m was written: sends only grows, so
+// that a write counted late (its confirm came first) or by a session that
+// has since been replaced does not lower it.
+func (m *message) noteSent(n int32) {
+	for {
+		cur := m.sends.Load()
+		if cur >= n || m.sends.CompareAndSwap(cur, n) {
+			return
+		}
+	}
+}
+
 func (m *message) signal(s DeliveryState) {
 	if m.notified.CompareAndSwap(false, true) {
 		m.outcome.Store(uint32(s))
@@ -628,20 +640,26 @@ func (p *Producer) confirmed(m *message) {
 	p.disown()
 }
 
-// deadLetter accounts for a message given up on and hands it to the hook.
-// It is counted and logged at once; the hook runs on its own goroutine
-// (hookLoop), so a slow or stuck hook holds up neither the caller (the retry
-// loop, Close) nor confirms or publishes. Until the hook returned the message
-// stays held (and in the spool): see finishDead.
-func (p *Producer) deadLetter(m *message, err error) {
+// markDead counts a message given up on and ends its span, before the caller
+// is woken (m.signal(DeadLettered)): a publish that returns DeadLettered is
+// counted and traced. deadLetter does the rest, later and outside any lock.
+func (p *Producer) markDead(m *message, err error) {
 	p.metrics.count(m.typ, outDeadLettered)
+	m.endSpan("dead_lettered", err)
+}
+
+// deadLetter hands a message given up on (markDead has counted it) to the
+// hook. It is logged at once; the hook runs on its own goroutine (hookLoop),
+// so a slow or stuck hook holds up neither the caller (the retry loop, Close)
+// nor confirms or publishes. Until the hook returned the message stays held
+// (and in the spool): see finishDead.
+func (p *Producer) deadLetter(m *message, err error) {
 	// The writes that returned; a failure is charged only to a write, but
 	// its nack or return can be handled before the writer counted the write.
 	sends := max(int(m.sends.Load()), m.attempts)
 	p.log.Warn("mlproducer: message dead-lettered",
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
 		slog.Int("attempts", sends), slog.Any("error", err))
-	m.endSpan("dead_lettered", err)
 	if m.dlv != nil {
 		m.dlv.resolve(DeadLettered, nil)
 	}
@@ -767,8 +785,10 @@ drain:
 			continue
 		}
 		left++
+		err := closedErr(m, cause)
+		p.markDead(m, err)
 		m.signal(DeadLettered)
-		p.deadLetter(m, closedErr(m, cause))
+		p.deadLetter(m, err)
 	}
 	// The hook gets until ctx ends (and a grace for what Close just handed
 	// it); then Close goes on without it. Before the spool closes: a

@@ -117,9 +117,33 @@ func TestTracingSpanEndedWhenPublishReturns(t *testing.T) {
 		r, err := p.PublishSummarization(ctx, "share-1", "some text", mlproducer.SummarizationOptions{})
 		require.NoError(t, err)
 		require.Equal(t, mlproducer.Confirmed, r.State)
-		require.Len(t, publishSpans(sr), i+1, "publish %d returned Confirmed before its span ended", i+1)
+		spans := publishSpans(sr)
+		require.Len(t, spans, i+1, "publish %d returned Confirmed before its span ended", i+1)
+		// Its confirm can be handled before the writer counted the write.
+		require.EqualValues(t, 1, attrs(spans[i])["mlproducer.attempts"].AsInt64(), "publish %d: attempts of its span", i+1)
 	}
 	require.NoError(t, closeProducer(t, p))
+}
+
+// A publish that returns DeadLettered has ended its span and is counted.
+func TestTracingSpanEndedWhenPublishReturnsDeadLettered(t *testing.T) {
+	tp, sr := recorder()
+	b := mlproducertest.NewBroker()
+	defer b.Close()
+	p := newFake(t, b, append(traced(tp), mlproducer.WithMaxRetries(0), mlproducer.WithCircuitBreaker(1<<20, time.Second))...)
+	waitConnected(t, p)
+	b.NackNext(1 << 20)
+	ctx := context.Background()
+	for i := range 300 {
+		r, _ := p.PublishSummarization(ctx, "share-1", "some text", mlproducer.SummarizationOptions{})
+		require.Equal(t, mlproducer.DeadLettered, r.State)
+		require.Len(t, publishSpans(sr), i+1, "publish %d returned DeadLettered before its span ended", i+1)
+		require.EqualValues(t, i+1, p.Status().DeadLettered, "publish %d returned DeadLettered before it was counted", i+1)
+	}
+	for _, s := range publishSpans(sr) {
+		require.Equal(t, "dead_lettered", attrs(s)["mlproducer.outcome"].AsString())
+	}
+	_ = closeProducer(t, p)
 }
 
 // Every attempt carries the same trace context; a failed attempt is an event
