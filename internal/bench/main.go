@@ -254,8 +254,9 @@ func parseFlags() (config, error) {
 // and Producer cases side by side, then the single-goroutine cases; then the
 // drain cases. Each ratio's two cases run next to each other, so that a slow
 // spell of the machine (single-caller rates here move 3× within minutes)
-// falls on both: producer-publish-N beside raw-N and raw-windowN, and
-// producer-async-wW beside raw-windowW. With 1 KiB bodies, each caller
+// falls on both: producer-publish-N beside raw-N and raw-windowN (for 64,
+// beside raw-window64 and raw-64-env-bare), and producer-async-wW beside
+// raw-windowW. With 1 KiB bodies, each caller
 // count's spool case comes just before its raw-N. Odd rounds run the same list
 // backwards, so that a case is not always the one that follows the same other.
 func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
@@ -275,13 +276,24 @@ func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 			if size == spoolSize {
 				add(spec{kind: kindPublishSpool, callers: n, size: size})
 			}
-			add(spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels},
-				spec{kind: kindPublish, callers: n, size: size})
-			if slices.Contains(cfg.rawWindows, n) {
-				add(rawW(n))
-				if slices.Contains(cfg.asyncWindows, n) {
-					add(asyncW(n))
+			raw := spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels}
+			pub := spec{kind: kindPublish, callers: n, size: size}
+			if n == envCallers {
+				// Publish-64 has three partners: raw-window64 and
+				// raw-64-env-bare (issue 13) beside it, raw-64 one further.
+				add(raw)
+				if slices.Contains(cfg.rawWindows, n) {
+					add(rawW(n))
 				}
+				add(pub, spec{kind: kindRawEnv, callers: n, size: size, env: envBare})
+			} else {
+				add(raw, pub)
+				if slices.Contains(cfg.rawWindows, n) {
+					add(rawW(n))
+				}
+			}
+			if slices.Contains(cfg.asyncWindows, n) && slices.Contains(cfg.rawWindows, n) && n != envCallers {
+				add(asyncW(n))
 			}
 			add(spec{kind: kindSummarization, callers: n, size: size})
 			if n == envCallers {

@@ -184,9 +184,12 @@ func TestPlanPutsRatiosSideBySide(t *testing.T) {
 				{{kind: kindPublishAsync, callers: 1, window: 1024}, {kind: kindRawWindow, callers: 1, window: 1024}},
 			}
 			for _, n := range cfg.callers {
-				pairs = append(pairs,
-					[2]spec{{kind: kindPublish, callers: n}, {kind: kindRaw, callers: n}},
-					[2]spec{{kind: kindPublish, callers: n}, {kind: kindRawWindow, callers: 1, window: n}})
+				pairs = append(pairs, [2]spec{{kind: kindPublish, callers: n}, {kind: kindRawWindow, callers: 1, window: n}})
+				if n == envCallers {
+					pairs = append(pairs, [2]spec{{kind: kindPublish, callers: n}, {kind: kindRawEnv, callers: n, env: envBare}})
+				} else {
+					pairs = append(pairs, [2]spec{{kind: kindPublish, callers: n}, {kind: kindRaw, callers: n}})
+				}
 			}
 			for _, p := range pairs {
 				p[0].size, p[1].size = size, size
