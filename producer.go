@@ -122,8 +122,6 @@ func (m *message) recycle(pool *bodyPool) {
 	pool.put(h)
 }
 
-// signal reports the first outcome to a waiting caller; later ones are
-// ignored.
 // noteSent records that attempt n of m was written: sends only grows, so
 // that a write counted late (its confirm came first) or by a session that
 // has since been replaced does not lower it.
@@ -136,6 +134,8 @@ func (m *message) noteSent(n int32) {
 	}
 }
 
+// signal reports the first outcome to a waiting caller; later ones are
+// ignored.
 func (m *message) signal(s DeliveryState) {
 	if m.notified.CompareAndSwap(false, true) {
 		m.outcome.Store(uint32(s))
@@ -640,12 +640,13 @@ func (p *Producer) confirmed(m *message) {
 	p.disown()
 }
 
-// markDead counts a message given up on and ends its span, before the caller
-// is woken (m.signal(DeadLettered)): a publish that returns DeadLettered is
-// counted and traced. deadLetter does the rest, later and outside any lock.
+// markDead counts a message given up on and ends its span, then wakes its
+// caller: a publish that returns DeadLettered is counted and traced.
+// deadLetter does the rest, later and outside any lock.
 func (p *Producer) markDead(m *message, err error) {
 	p.metrics.count(m.typ, outDeadLettered)
 	m.endSpan("dead_lettered", err)
+	m.signal(DeadLettered)
 }
 
 // deadLetter hands a message given up on (markDead has counted it) to the
@@ -654,8 +655,8 @@ func (p *Producer) markDead(m *message, err error) {
 // nor confirms or publishes. Until the hook returned the message stays held
 // (and in the spool): see finishDead.
 func (p *Producer) deadLetter(m *message, err error) {
-	// The writes that returned; a failure is charged only to a write, but
-	// its nack or return can be handled before the writer counted the write.
+	// The writes counted (a confirm counts its attempt, see noteSent), and
+	// at least the failed attempts.
 	sends := max(int(m.sends.Load()), m.attempts)
 	p.log.Warn("mlproducer: message dead-lettered",
 		slog.String("messageId", m.id), slog.String("type", string(m.typ)),
@@ -787,7 +788,6 @@ drain:
 		left++
 		err := closedErr(m, cause)
 		p.markDead(m, err)
-		m.signal(DeadLettered)
 		p.deadLetter(m, err)
 	}
 	// The hook gets until ctx ends (and a grace for what Close just handed

@@ -230,7 +230,6 @@ func (p *Producer) failAttempt(m *message, err error) {
 		p.deadq = append(p.deadq, m)
 		p.rmu.Unlock()
 		p.markDead(m, err)
-		m.signal(DeadLettered)
 		p.wakeRetry()
 		return
 	}

@@ -256,13 +256,11 @@ func parseFlags() (config, error) {
 // spell of the machine (single-caller rates here move 3× within minutes)
 // falls on both: producer-publish-N beside raw-N and raw-windowN (for 64,
 // beside raw-window64 and raw-64-env-bare), and producer-async-wW beside
-// raw-windowW. With 1 KiB bodies, each caller
-// count's spool case comes just before its raw-N. Odd rounds run the same list
-// backwards, so that a case is not always the one that follows the same other.
+// raw-windowW. With 1 KiB bodies, each caller count's spool case comes just
+// before its raw-N. Odd rounds run the same list backwards, so that a case
+// is not always the one that follows the same other.
 func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 	for _, size := range cfg.sizes {
-		rawW := func(w int) spec { return spec{kind: kindRawWindow, callers: 1, size: size, window: w} }
-		asyncW := func(w int) spec { return spec{kind: kindPublishAsync, callers: 1, size: size, window: w} }
 		placed := map[spec]bool{}
 		add := func(ss ...spec) {
 			for _, s := range ss {
@@ -272,28 +270,34 @@ func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 				}
 			}
 		}
+		// The window cases of w, if -raw-windows or -async-windows has it.
+		addRawW := func(w int) {
+			if slices.Contains(cfg.rawWindows, w) {
+				add(spec{kind: kindRawWindow, callers: 1, size: size, window: w})
+			}
+		}
+		addAsyncW := func(w int) {
+			if slices.Contains(cfg.asyncWindows, w) {
+				add(spec{kind: kindPublishAsync, callers: 1, size: size, window: w})
+			}
+		}
 		for _, n := range cfg.callers {
 			if size == spoolSize {
 				add(spec{kind: kindPublishSpool, callers: n, size: size})
 			}
-			raw := spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels}
+			add(spec{kind: kindRaw, callers: n, size: size, channels: cfg.rawChannels})
 			pub := spec{kind: kindPublish, callers: n, size: size}
 			if n == envCallers {
 				// Publish-64 has three partners: raw-window64 and
 				// raw-64-env-bare (issue 13) beside it, raw-64 one further.
-				add(raw)
-				if slices.Contains(cfg.rawWindows, n) {
-					add(rawW(n))
-				}
+				addRawW(n)
 				add(pub, spec{kind: kindRawEnv, callers: n, size: size, env: envBare})
 			} else {
-				add(raw, pub)
+				add(pub)
 				if slices.Contains(cfg.rawWindows, n) {
-					add(rawW(n))
+					addRawW(n)
+					addAsyncW(n)
 				}
-			}
-			if slices.Contains(cfg.asyncWindows, n) && slices.Contains(cfg.rawWindows, n) && n != envCallers {
-				add(asyncW(n))
 			}
 			add(spec{kind: kindSummarization, callers: n, size: size})
 			if n == envCallers {
@@ -314,12 +318,8 @@ func plan(cfg config, round int) (specs []spec, drain, spoolDrain bool) {
 		// the ceiling, after the largest.
 		ws := slices.Sorted(slices.Values(append(slices.Clone(cfg.rawWindows), cfg.asyncWindows...)))
 		for _, w := range slices.Compact(ws) {
-			if slices.Contains(cfg.rawWindows, w) {
-				add(rawW(w))
-			}
-			if slices.Contains(cfg.asyncWindows, w) {
-				add(asyncW(w))
-			}
+			addRawW(w)
+			addAsyncW(w)
 		}
 		add(spec{kind: kindRawNoConfirm, callers: 1, size: size})
 	}
